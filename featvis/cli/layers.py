@@ -1,0 +1,29 @@
+"""`featvis layers MODEL`: every addressable layer with its type and output shape."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..layer_table import layer_table
+from .common import add_model_args, model_from_args, print_json
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("layers", help="list every addressable layer with type and output shape")
+    add_model_args(parser)
+    parser.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's, 224)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = model_from_args(args, input_size=args.input_size)
+    rows = layer_table(model, args.input_size or model.input_size)
+    if args.json:
+        print_json(rows)
+        return 0
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
+        shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
+        aliases = f"  ({', '.join(row['aliases'])})" if row["aliases"] else ""
+        print(f"{row['name']:<{width}}  {row['type']:<18} {shape}{aliases}")
+    return 0

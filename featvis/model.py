@@ -1,0 +1,136 @@
+"""`FeatvisModel`: any CNN wrapped so that users always feed RGB images in [0, 1].
+
+The wrapper owns what differs between models — channel order, value scale, mean/std, the
+input size for photos, class labels and layer-name aliases — so every analysis in featvis
+(probe, optvis, receptive fields, saliency) works on one convention.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import FeatvisError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FeatvisModel(nn.Module):
+    """A network plus its input convention; ``forward`` takes RGB in [0, 1], shape [N, 3, H, W].
+
+    ``net`` sees ``(flip_to_bgr(x) * scale - mean) / std``, or ``preprocess(x)`` when a
+    preprocessing callable is given. ``aliases`` maps extra layer names to module paths of
+    ``net`` (e.g. ``mixed4a`` -> ``inception4a``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        name: str = "model",
+        input_size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        bgr: bool = False,
+        scale: float = 1.0,
+        labels: Sequence[str] | None = None,
+        aliases: Mapping[str, str] | None = None,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.input_size = int(input_size)
+        self.bgr = bgr
+        self.scale = float(scale)
+        self.labels = list(labels) if labels is not None else None
+        self.aliases = dict(aliases or {})
+        self.preprocess = preprocess
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self._paths = {path for path, _ in net.named_modules() if path}
+
+    @classmethod
+    def wrap(cls, net: "nn.Module | FeatvisModel", **kwargs) -> "FeatvisModel":
+        """Wrap a user CNN (ImageNet mean/std unless given); a FeatvisModel is returned as is."""
+        return net if isinstance(net, FeatvisModel) else cls(net, **kwargs)
+
+    # --- input -----------------------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map RGB in [0, 1] to what ``net`` expects."""
+        if self.preprocess is not None:
+            return self.preprocess(x)
+        if self.bgr:
+            x = x.flip(1)
+        return (x * self.scale - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """Resize a photo [3, H, W] (shorter side to 256/224 of the input size) and centre-crop it."""
+        if image.dim() == 3:
+            image = image.unsqueeze(0)
+        size = self.input_size
+        short = round(size * 256 / 224)
+        h, w = image.shape[-2:]
+        new_h, new_w = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+        image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return image[..., top : top + size, left : left + size].clamp(0, 1).to(self.mean.device)
+
+    # --- layers ----------------------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        """Module paths of ``net`` in definition order (every one is addressable)."""
+        return [path for path, _ in self.net.named_modules() if path]
+
+    def aliases_of(self, path: str) -> list[str]:
+        return [alias for alias, target in self.aliases.items() if target == path]
+
+    def resolve(self, layer: str) -> str:
+        """The module path for a layer name or alias; unknown names list the closest valid ones."""
+        if layer in self._paths:
+            return layer
+        if layer in self.aliases:
+            return self.aliases[layer]
+        candidates = sorted(self._paths | set(self.aliases))
+        close = difflib.get_close_matches(layer, candidates, n=5, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else "list them with `featvis layers MODEL`"
+        raise FeatvisError(f"unknown layer '{layer}' in {self.name}; {hint}")
+
+    def module(self, layer: str) -> nn.Module:
+        return self.net.get_submodule(self.resolve(layer))
+
+    # --- classification --------------------------------------------------------------------
+    def label(self, index: int) -> str:
+        return self.labels[index] if self.labels and 0 <= index < len(self.labels) else str(index)
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor | Sequence[torch.Tensor], top: int = 5) -> list[list[tuple[int, str, float]]]:
+        """Top-``top`` ``(index, label, probability)`` for each photo ([3, H, W] in [0, 1], any size)."""
+        batch = torch.cat([self.prepare(image) for image in images])
+        probs = self(batch).softmax(dim=1)
+        values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+        return [
+            [(int(i), self.label(int(i)), float(p)) for p, i in zip(row_p, row_i)]
+            for row_p, row_i in zip(values, indices)
+        ]
+
+    def freeze(self) -> "FeatvisModel":
+        """Eval mode and no parameter gradients: analysis never trains the model."""
+        self.eval()
+        for param in self.parameters():
+            param.requires_grad_(False)
+        return self
+
+
+def as_model(model: nn.Module, **kwargs) -> FeatvisModel:
+    """Accept a FeatvisModel or any nn.Module (wrapped with ImageNet normalisation unless told)."""
+    if not isinstance(model, nn.Module):
+        raise FeatvisError(f"expected a torch.nn.Module, got {type(model).__name__}; pass your model object")
+    return FeatvisModel.wrap(model, **kwargs)

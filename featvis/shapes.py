@@ -20,7 +20,7 @@ Padding = int | Sequence[int] | str
 __all__ = ["conv_output_shape", "pool_output_shape", "conv_param_count"]
 
 
-def _integer(value: object) -> int | None:
+def as_int(value: object) -> int | None:
     """`value` as an int when it is an integer (NumPy integers included, bools not), else None."""
     if isinstance(value, bool):
         return None
@@ -32,11 +32,11 @@ def _integer(value: object) -> int | None:
 
 def pair(value: IntPair, name: str) -> tuple[int, int]:
     """`value` as (height, width): an int is used for both, a sequence must hold two ints."""
-    single = _integer(value)
+    single = as_int(value)
     if single is not None:
         return single, single
     if isinstance(value, Sequence) and len(value) == 2:
-        first, second = (_integer(v) for v in value)
+        first, second = (as_int(v) for v in value)
         if first is not None and second is not None:
             return first, second
     raise FeatvisError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")

@@ -39,7 +39,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featvis: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # python -m featvis.cli
-    sys.exit(main())

@@ -62,9 +62,12 @@ def googlenet(weights: str | os.PathLike | None = None, progress: bool = True) -
     """
     from torchvision.models import GoogLeNet_Weights
 
-    if weights is not None:
-        net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False, transform_input=True)
-        apply_state_dict(net, load_state_dict_file(Path(weights)), str(weights))
+    if weights is not None:  # as torchvision does: the file may hold the auxiliary heads, which are dropped
+        state = load_state_dict_file(Path(weights))
+        aux = any(key.startswith("aux1.") for key in state)
+        net = torchvision.models.googlenet(weights=None, aux_logits=aux, init_weights=False, transform_input=True)
+        apply_state_dict(net, state, str(weights))
+        net.aux_logits, net.aux1, net.aux2 = False, None, None
     else:
         try:
             net = torchvision.models.googlenet(weights=GoogLeNet_Weights.IMAGENET1K_V1, progress=progress)

@@ -93,7 +93,14 @@ class GradientReport:
 
 
 def _compare(
-    tensor: str, against: str, autograd: torch.Tensor, truth: torch.Tensor, total: int, atol: float, rtol: float, counted: bool = True
+    tensor: str,
+    against: str,
+    autograd: torch.Tensor,
+    truth: torch.Tensor,
+    total: int,
+    atol: float,
+    rtol: float,
+    counted: bool = True,
 ) -> GradientComparison:
     if autograd.shape != truth.shape:
         raise FeatvisError(f"{against} for {tensor} has shape {tuple(truth.shape)}, autograd's has {tuple(autograd.shape)}")
@@ -193,10 +200,9 @@ def check_gradients(
     input_names = {name for name, _ in checked if name.startswith("input ")}
     for name, tensor in checked:
         positions, finite = _finite_differences(projected, tensor, eps, samples, generator)
-        informational = expected_grad is not None and name in input_names
-        comparisons.append(
-            _compare(name, FINITE_DIFFERENCES, autograd[name].reshape(-1)[positions], finite, tensor.numel(), atol, rtol, not informational)
-        )
+        counted = expected_grad is None or name not in input_names  # else expected_grad is the criterion
+        sampled = autograd[name].reshape(-1)[positions]
+        comparisons.append(_compare(name, FINITE_DIFFERENCES, sampled, finite, tensor.numel(), atol, rtol, counted))
 
     grad_output = directions[0] if len(directions) == 1 else tuple(directions)
     if is_module and args and isinstance(args[0], torch.Tensor) and len(directions) == 1:
@@ -248,7 +254,9 @@ def _expected(
             )
         return {next(iter(input_names)): given.detach().to(torch.float64)}
     if len(given) != len(args):
-        raise FeatvisError(f"expected_grad returned {len(given)} gradients for {len(args)} inputs; return one per input (None to skip)")
+        raise FeatvisError(
+            f"expected_grad returned {len(given)} gradients for {len(args)} inputs; return one per input (None to skip)"
+        )
     result = {f"input {i}": g.detach().to(torch.float64) for i, g in enumerate(given) if g is not None}
     if set(result) != input_names:
         raise FeatvisError(

@@ -137,8 +137,9 @@ def _conv_plan(
         )
     if padding_mode not in PADDING_MODES:
         raise FeatvisError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+    if shapes.as_int(groups) is None or groups < 1:
         raise FeatvisError(f"groups must be a positive int, got {groups!r}")
+    groups = shapes.as_int(groups)
     _, channels, height, width = x_shape
     out_channels, group_channels, kh, kw = w_shape
     if out_channels < 1 or out_channels % groups:
@@ -193,7 +194,7 @@ def _conv_backward(
 
 
 class Conv2dFunction(torch.autograd.Function):
-    """`conv2d` as an autograd op whose backward is `conv2d_backward` (4-D input only)."""
+    """`conv2d` as an autograd op with the hand-written backward of `conv2d_backward` (4-D input only)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: ConvPlan) -> torch.Tensor:
@@ -311,8 +312,9 @@ def _max_forward(x: np.ndarray, plan: PoolPlan) -> tuple[np.ndarray, np.ndarray]
     """Max of every window and the flat index (row * W + col) of the input pixel that won.
 
     Windows are scanned row by row; a strictly larger value or a NaN takes over, so ties
-    go to the first maximum and NaN propagates (PyTorch's rule). A window lying wholly in
-    the padding yields -inf with index -1 and receives no gradient.
+    go to the first maximum and NaN propagates (PyTorch's rules). A window lying wholly in
+    the padding (possible with dilation) yields -inf, as in PyTorch, but index -1 and no
+    gradient, where PyTorch reports an arbitrary pixel and sends it the gradient.
     """
     n, c, height, width = x.shape
     rows, cols = plan.windows
@@ -349,7 +351,8 @@ def _avg_divisor(
     if divisor_override is not None:
         return float(divisor_override)
     counts = []
-    for size, out, k, s, p in zip(shape[-2:], (len(plan.windows.rows), len(plan.windows.cols)), plan.kernel, plan.stride, plan.padding):
+    outs = (len(plan.windows.rows), len(plan.windows.cols))
+    for size, out, k, s, p in zip(shape[-2:], outs, plan.kernel, plan.stride, plan.padding):
         start = np.arange(out) * s - p
         end = np.minimum(start + k, size + p)
         counts.append(end - start if count_include_pad else np.minimum(end, size) - np.maximum(start, 0))

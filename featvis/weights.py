@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .errors import FeatvisError
 from .fileio import atomic_output

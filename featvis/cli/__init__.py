@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..errors import FeatvisError
 
-COMMANDS = ["layers", "classify"]
+COMMANDS = ["layers", "classify", "gallery"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,9 +16,9 @@ MODEL_HELP = (
 )
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Add MODEL and the options every subcommand shares."""
-    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+def add_model_args(parser: argparse.ArgumentParser, model_optional: bool = False) -> None:
+    """Add MODEL (optional for a command with a model-less mode) and the options every subcommand shares."""
+    parser.add_argument("model", metavar="MODEL", nargs="?" if model_optional else None, help=MODEL_HELP)
     parser.add_argument("--weights", metavar="PATH", help="weights: a state-dict file, or a folder of Caffe weights")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")

@@ -10,6 +10,7 @@ Specs:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import os
@@ -82,12 +83,12 @@ def googlenet(weights: str | os.PathLike | None = None, progress: bool = True) -
 
 
 def _torchvision_model(name: str, weights: str | os.PathLike | None) -> FeatvisModel:
-    try:
-        net = torchvision.models.get_model(name, weights=None)
-    except ValueError:
-        close = [n for n in torchvision.models.list_models(module=torchvision.models) if name.lower() in n or n in name.lower()]
-        hint = f"; closest: {', '.join(close[:5])}" if close else "; see torchvision.models.list_models()"
-        raise FeatvisError(f"unknown torchvision model '{name}'{hint}") from None
+    builders = torchvision.models.list_models(module=torchvision.models)  # classification models only
+    if name not in builders:
+        close = difflib.get_close_matches(name, builders, n=5, cutoff=0.6)
+        hint = f"; closest: {', '.join(close)}" if close else "; see torchvision.models.list_models()"
+        raise FeatvisError(f"unknown torchvision model '{name}'{hint}")
+    net = torchvision.models.get_model(name, weights=None)
     if weights is not None:
         apply_state_dict(net, load_state_dict_file(Path(weights)), str(weights))
     num_classes = getattr(net, "num_classes", None) or getattr(getattr(net, "fc", None), "out_features", None)

@@ -1,0 +1,29 @@
+"""Feature visualisation by activation maximisation (Olah, Mordvintsev & Schubert, Distill 2017).
+
+- `render(model, specs, ...)` -> list of `RenderResult` (image, activation, natural_max, ratio)
+- `parse_spec(model, "mixed4a:97")` -> `Objective` (grammar in `featvis.optvis.spec`)
+- objectives: `channel`, `neuron`, `deepdream`, `direction`, `direction_neuron`, `class_logit`,
+  `diversity`, `caricature`, `interpolate`, `alignment`, penalties `l1`, `l2`,
+  `total_variation`, `blur`; combine with + - * and scalars
+- `natural_max(model, spec)`: the best score of natural photos, the bar to clear
+- building blocks: `Transforms` (robustness), `make_param` (fft / pixel, colour decorrelation),
+  `redirected_relu` (the gradient that gives dead channels a picture)
+"""
+
+from .natural import natural_max, photo_crops
+from .objectives import (
+    Objective, alignment, blur, caricature, channel, class_logit, deepdream, direction, direction_neuron, diversity,
+    interpolate, l1, l2, neuron, total_variation,
+)
+from .param import FourierImage, PixelImage, make_param
+from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relu, redirected_relus
+from .render import RenderResult, render
+from .spec import layer_shapes, parse_spec
+from .transforms import Transforms
+
+__all__ = [
+    "Objective", "RenderResult", "Transforms", "FourierImage", "PixelImage", "RedirectedReLU", "REDIRECT_STEPS",
+    "alignment", "blur", "caricature", "channel", "class_logit", "deepdream", "direction", "direction_neuron",
+    "diversity", "interpolate", "l1", "l2", "layer_shapes", "make_param", "natural_max", "neuron", "parse_spec",
+    "photo_crops", "redirected_relu", "redirected_relus", "render", "total_variation",
+]

@@ -1,0 +1,230 @@
+"""`render`: activation maximisation, many objectives at once, as in Olah et al., Distill 2017.
+
+Each objective gets its own images of one batch, parameterised (`param`), transformed
+(`transforms`) and fed to the frozen model, whose forward pass stops at the deepest layer
+the objectives need (`Probe(early_exit=True)`); Adam (lr 0.05) raises the sum of all
+objectives, so every image follows only its own objective. The first `REDIRECT_STEPS` steps
+use the redirected-ReLU gradient so that channels dead for a noise start still get a picture.
+Random draws (initial noise, transforms) come from one generator per image seeded by
+(seed, objective name, image index): the same settings give the same image whatever else is
+in the batch, and the same PNG byte for byte on the same machine. Ctrl-C stops the
+optimisation and returns the images reached so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import FeatvisError
+from ..images import load_image
+from ..model import FeatvisModel, as_model
+from ..probe import Probe
+from . import transforms as tf
+from .natural import natural_max
+from .objectives import INPUT, Acts, Objective
+from .param import make_param
+from .redirected_relu import REDIRECT_STEPS, redirected_relus
+from .spec import layer_shapes, parse_spec
+
+DEFAULT_BATCH = 16
+LEARNING_RATE = 0.05
+
+
+@dataclass
+class RenderResult:
+    """One rendered image: ``image`` [3, H, W] in [0, 1] (final), ``images`` {step: image} at the
+    thresholds, ``activation`` the objective's value on ``image`` without transforms at the model's
+    input scale, ``natural_max`` the best value over natural photos and ``ratio`` = activation /
+    natural_max (None where undefined). ``steps`` is how many steps ran (fewer after Ctrl-C);
+    ``index`` is the image's position within a multi-image objective (diversity, interpolation)."""
+
+    spec: str
+    image: torch.Tensor
+    images: dict[int, torch.Tensor]
+    activation: float
+    natural_max: float | None = None
+    ratio: float | None = None
+    steps: int = 0
+    index: int = 0
+    interrupted: bool = field(default=False, repr=False)
+
+
+def render(
+    model: nn.Module,
+    specs: str | Objective | Sequence[str | Objective],
+    *,
+    steps: int = 512,
+    size: int = 128,
+    batch: int | None = None,
+    seed: int = 0,
+    param: str = "fft",
+    decorrelate: bool = True,
+    transforms: "str | tf.Transforms | None" = "default",
+    init: "torch.Tensor | str | os.PathLike | None" = None,
+    thresholds: Sequence[int] | None = None,
+    progress: bool = True,
+    natural: bool = True,
+    valid: str = "sigmoid",
+) -> list[RenderResult]:
+    """Render every spec (a string, see `parse_spec`, or an Objective); one result per image.
+
+    ``size``: side of the optimised image; the model sees it resized to max(size, input size).
+    ``batch``: images per optimisation (default 16; a multi-image objective is never split).
+    ``param``: "fft" or "pixel"; ``decorrelate``: ImageNet colour decorrelation; ``valid``:
+    "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" or a
+    `Transforms`. ``init``: a photo (tensor or path) to start from instead of noise.
+    ``thresholds``: steps at which to keep images (the last step always). ``natural``: also
+    compute natural_max and ratio.
+    """
+    model = as_model(model)
+    objectives = [parse_spec(model, s) if isinstance(s, str) else s for s in ([specs] if isinstance(specs, (str, Objective)) else specs)]
+    names = [s if isinstance(s, str) else s.name for s in ([specs] if isinstance(specs, (str, Objective)) else specs)]
+    if not objectives:
+        raise FeatvisError("no specs given; name at least one, e.g. mixed4a:97")
+    if steps < 1 or size < 8:
+        raise FeatvisError(f"steps must be >= 1 and size >= 8 px, got steps={steps}, size={size}")
+    keep = sorted(set(thresholds or ()) | {steps})
+    if keep[0] < 1 or keep[-1] > steps:
+        raise FeatvisError(f"thresholds must lie in 1..{steps} (the number of steps), got {list(thresholds or ())}")
+    scale = max(size, model.input_size)
+    shapes = layer_shapes(model, [layer for o in objectives for layer in o.layers], scale)
+    for objective in objectives:
+        objective.check(shapes)
+    transform = tf.resolve(transforms)
+    start = _init_image(init, size)
+    settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,
+                    transform=transform, init=start, keep=keep)
+
+    results: list[RenderResult] = []
+    chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
+    with tqdm(total=steps * len(chunks), disable=not progress, desc="render", unit="step", leave=False) as bar:
+        for chunk in chunks:
+            results += _optimise(model, chunk, bar, **settings)
+            if results[-1].interrupted:
+                break
+    if natural:
+        for result, objective in zip(results, (o for o, _ in _expand(objectives, names))):
+            if objective.span == 1:
+                result.natural_max = natural_max(model, objective, scale)
+                result.ratio = result.activation / result.natural_max if result.natural_max > 0 else None
+    return results
+
+
+def _expand(objectives: list[Objective], names: list[str]) -> Iterator[tuple[Objective, str]]:
+    """One (objective, name) per image."""
+    for objective, name in zip(objectives, names):
+        for _ in range(objective.span):
+            yield objective, name
+
+
+def _chunks(objectives: list[Objective], names: list[str], batch: int) -> Iterator[list[tuple[Objective, str]]]:
+    chunk: list[tuple[Objective, str]] = []
+    for objective, name in zip(objectives, names):
+        if chunk and sum(o.span for o, _ in chunk) + objective.span > batch:
+            yield chunk
+            chunk = []
+        chunk.append((objective, name))
+    yield chunk
+
+
+def _init_image(init: "torch.Tensor | str | os.PathLike | None", size: int) -> torch.Tensor | None:
+    """The start photo as [1, 3, size, size]: the central square, resized."""
+    if init is None:
+        return None
+    image = load_image(init) if not isinstance(init, torch.Tensor) else init
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise FeatvisError(f"init image must be [3, H, W] RGB in [0, 1], got shape {tuple(image.shape)}")
+    h, w = image.shape[1:]
+    side = min(h, w)
+    square = image[None, :, (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+    return F.interpolate(square.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def _image_seed(seed: int, name: str, index: int) -> int:
+    return zlib.crc32(f"{seed}\0{name}\0{index}".encode())
+
+
+def _batched(chunk: list[tuple[Objective, str]]) -> Callable[[Acts], torch.Tensor]:
+    """Scores [B] of a whole batch: each objective scores its own consecutive images."""
+    def scores(acts: Acts) -> torch.Tensor:
+        parts, offset = [], 0
+        for objective, _ in chunk:
+            parts.append(objective({k: v[offset : offset + objective.span] for k, v in acts.items()}))
+            offset += objective.span
+        return torch.cat(parts)
+    return scores
+
+
+@contextlib.contextmanager
+def _frozen(model: FeatvisModel) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the duration; the previous state is restored."""
+    training, flags = model.training, [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        model.train(training)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm, *, steps: int, size: int, scale: int,
+              seed: int, param: str, decorrelate: bool, valid: str, transform: tf.Transforms | None,
+              init: torch.Tensor | None, keep: list[int]) -> list[RenderResult]:
+    device = model.mean.device
+    images_of = [(name, i) for objective, name in chunk for i in range(objective.span)]
+    generators = [torch.Generator().manual_seed(_image_seed(seed, name, i)) for name, i in images_of]
+    image_param = make_param(param, generators, size, decorrelate=decorrelate, valid=valid, init=init).to(device)
+    thetas = transform.draw(generators, steps, size, scale).to(device) if transform else None
+    optimizer = torch.optim.Adam(image_param.parameters(), lr=LEARNING_RATE)
+    scores = _batched(chunk)
+    layers = [layer for objective, _ in chunk for layer in objective.layers if layer != INPUT]
+    kept: dict[int, torch.Tensor] = {}
+    done, interrupted = 0, False
+
+    with _frozen(model), Probe(model, layers, early_exit=True, detach=False) if layers else contextlib.nullcontext() as probe:
+        def activations(images: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            acts = probe(x.contiguous(memory_format=torch.channels_last)) if layers else {}
+            return {**acts, INPUT: images}
+
+        redirect = contextlib.ExitStack()
+        try:
+            redirect.enter_context(redirected_relus(model))
+            for step in range(steps):
+                if step == REDIRECT_STEPS:
+                    redirect.close()
+                images = image_param()
+                x = tf.apply(images, thetas[step], scale, transform.fill) if transform else tf.resize(images, scale)
+                loss = -scores(activations(images, x)).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                done = step + 1
+                bar.update(1)
+                if done in keep:
+                    kept[done] = image_param().detach().cpu()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            redirect.close()
+
+        with torch.no_grad():
+            final = image_param()
+            values = scores(activations(final, tf.resize(final, scale)))
+    final = final.detach().cpu()
+    kept.setdefault(done, final)
+    return [
+        RenderResult(name, final[b], {s: v[b] for s, v in kept.items()}, float(values[b]), steps=done, index=i, interrupted=interrupted)
+        for b, (name, i) in enumerate(images_of)
+    ]

@@ -9,17 +9,29 @@ Public API (everything a notebook needs):
 - Images: ``load_image``, ``save_image``, ``sample_photos``; labels: ``imagenet_labels``.
 - Ground truth: ``reference`` (conv/pool from the definition, hand-written gradients) and
   ``check_gradients(fn_or_module, *inputs)`` -> ``GradientReport``.
+- Filters, feature maps, saliency: ``filter_grid``/``filter_images``, ``feature_map_grid``/
+  ``feature_map_overlay``, ``saliency(model, image, method)`` (captum), with sanity checks
+  ``cascading_randomization`` and ``deletion_insertion``; ``save_figure`` (PNG/SVG/PDF).
+- Receptive fields: ``receptive_field(model, layer)``/``receptive_fields(model)`` -> ``ReceptiveField``
+  (exact for any graph; ``register_rule`` for your own layers), ``effective_receptive_field`` (Luo et al.).
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 """
 
 from . import reference
 from .errors import FeatvisError
+from .feature_maps import feature_map_grid, feature_map_overlay
+from .figures import save_figure
+from .filters import filter_grid, filter_images
 from .gradcheck import GradientReport, check_gradients
 from .images import load_image, sample_photos, save_image
 from .labels import imagenet_labels
 from .model import FeatvisModel, as_model
 from .models import load_model
 from .probe import Probe, capture
+from .effective_rf import effective_receptive_field
+from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
+from .saliency import SaliencyResult, guided_model, saliency
+from .sanity import cascading_randomization, deletion_insertion
 
 __version__ = "0.1.0"
 
@@ -28,13 +40,28 @@ __all__ = [
     "FeatvisModel",
     "GradientReport",
     "Probe",
+    "ReceptiveField",
+    "SaliencyResult",
     "as_model",
     "capture",
+    "cascading_randomization",
     "check_gradients",
+    "deletion_insertion",
+    "effective_receptive_field",
+    "feature_map_grid",
+    "feature_map_overlay",
+    "filter_grid",
+    "filter_images",
+    "guided_model",
     "imagenet_labels",
     "load_image",
     "load_model",
+    "receptive_field",
+    "receptive_fields",
     "reference",
+    "register_rule",
+    "saliency",
     "sample_photos",
+    "save_figure",
     "save_image",
 ]

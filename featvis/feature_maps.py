@@ -10,6 +10,7 @@ sits at its receptive field's centre, which for deep layers is off by half a uni
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -105,8 +106,12 @@ def to_input_space(model: nn.Module, layer: str, values: torch.Tensor, size: tup
     nearest unit's value.
     """
     height, width = size
-    rf = receptive_field(as_model(model), layer, input_size=height if height == width else (height, width))
     h, w = values.shape[-2:]
+    rf = receptive_field(as_model(model), layer, input_size=(height, width))
+    if rf.unanalysed:
+        warnings.warn(f"receptive field of '{layer}' unknown ({', '.join(rf.unanalysed)}); map stretched over the input "
+                      "instead (register a rule with featvis.receptive_field.register_rule)", stacklevel=2)
+        return F.interpolate(values.float()[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
     first = rf.center((0, 0))
     last = rf.center((h - 1, w - 1))
     coords = []
@@ -168,7 +173,7 @@ def feature_map_overlay(model: nn.Module, layer: str, image: torch.Tensor, chann
     values = maps[channel].cpu()
     size = tuple(x.shape[-2:])
     placed = to_input_space(fmodel, layer, values, size).clamp_min(0)
-    rf = receptive_field(fmodel, layer, input_size=size[0] if size[0] == size[1] else size)
+    rf = receptive_field(fmodel, layer, input_size=size)
     best = divmod(int(values.argmax()), values.shape[1])
     box = rf.region(best).clip(*size)
 

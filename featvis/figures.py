@@ -2,8 +2,8 @@
 
 Everything uses matplotlib's object API (``Figure``), never pyplot, so figures are safe in
 threads, servers and notebooks alike. ``save_figure`` picks the format from the file's
-extension and writes atomically; vector formats carry no timestamps, so saving the same figure
-twice gives the same bytes.
+extension and writes atomically; files carry no timestamps or random ids, so the same figure
+built twice saves to the same bytes.
 
 Maps (saliency, feature maps) are drawn in one of three ways, each with a colour bar:
 ``"heat"`` (magnitude), ``"blend"`` (magnitude over the photo) and ``"signed"`` (diverging,
@@ -18,6 +18,7 @@ import math
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.axes import Axes
@@ -54,7 +55,8 @@ def figure_format(path: str | os.PathLike) -> str:
 def figure_bytes(fig: Figure, fmt: str = "png", dpi: int = 150) -> bytes:
     """Render ``fig`` to bytes in ``fmt`` (png, svg or pdf), without timestamps."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
+    with matplotlib.rc_context({"svg.hashsalt": "featvis"}):  # fixed SVG ids instead of random ones
+        fig.savefig(buffer, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
     return buffer.getvalue()
 
 

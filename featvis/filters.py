@@ -183,7 +183,7 @@ def _rgb_grid(model: FeatvisModel, layer: str, filters, normalize: str, ncols, l
             ax.text(c * (w + 1), r * (h + 1), str(index), fontsize=5, color="black", va="top", ha="left",
                     bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none", "alpha": 0.7})
     scale = "each kernel scaled to its own range" if normalize == "filter" else "one scale for all kernels"
-    fig.suptitle(f"{title}: {len(chosen)} RGB kernels {h}x{w} ({scale}, grey = 0)", fontsize=TITLE_SIZE)
+    fig.suptitle(f"{title}\n{len(chosen)} RGB kernels {h}x{w}, {scale}, grey = 0", fontsize=TITLE_SIZE)
     return fig
 
 
@@ -197,18 +197,19 @@ def _channel_grid(conv: nn.Conv2d, filters, in_channels, normalize: str, labels:
         kernels = kernels / weight[rows].abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
     limit = float(kernels.abs().max()) or 1.0
     h, w = kernels.shape[-2:]
-    mosaic = _mosaic(kernels.reshape(-1, h, w).numpy(), len(rows), len(cols))
+    gap = 0 if h == w == 1 else 1  # 1x1 kernels read best as one dense matrix
+    mosaic = _mosaic(kernels.reshape(-1, h, w).numpy(), len(rows), len(cols), gap)
     fig = new_figure(max(4.0, 0.35 * len(cols) * max(w, 2) / 2 + 1.5), max(2.5, 0.35 * len(rows) * max(h, 2) / 2 + 0.8))
     ax = fig.add_subplot()
     image = ax.imshow(mosaic, cmap=SIGNED_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
-    ax.set_xticks([c * (w + 1) + (w - 1) / 2 for c in range(len(cols))], [str(c) for c in cols] if labels else [])
-    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(len(rows))], [str(r) for r in rows] if labels else [])
+    ax.set_xticks([c * (w + gap) + (w - 1) / 2 for c in range(len(cols))], [str(c) for c in cols] if labels else [])
+    ax.set_yticks([r * (h + gap) + (h - 1) / 2 for r in range(len(rows))], [str(r) for r in rows] if labels else [])
     ax.tick_params(length=0, labelsize=6)
     ax.set_xlabel("input channel", fontsize=8)
     ax.set_ylabel("filter", fontsize=8)
     for spine in ax.spines.values():
         spine.set_visible(False)
     add_colorbar(fig, image, ax, "weight / filter's max |weight|" if normalize == "filter" else "weight")
-    fig.suptitle(f"{title}: kernels {h}x{w}, {len(rows)} filters x {len(cols)} of {weight.shape[1]} input channels",
+    fig.suptitle(f"{title}\nkernels {h}x{w}: {len(rows)} filters x {len(cols)} of {weight.shape[1]} input channels",
                  fontsize=TITLE_SIZE)
     return fig

@@ -28,9 +28,10 @@ field of the result; forward hooks read the field of each module's output.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -77,10 +78,14 @@ class ReceptiveField:
     """The receptive field of one layer, per axis ``(h, w)``, for an input of ``input_size``.
 
     Unit ``(y, x)`` sees input rows ``stride[0]*y - padding[0]`` to that plus ``size[0] - 1``,
-    likewise columns. ``stride == (0, 0)`` with ``size == input_size`` means every unit sees the
-    whole input (``is_global``). ``center0`` is the input-space centre of unit (0, 0) in pixel
-    indices. When ``unanalysed`` names operations featvis has no rule for, the numbers are
-    ``None`` and ``aligned`` is False.
+    likewise columns (``region``). ``stride == (0, 0)`` means every unit sees the same pixels
+    (after a global pool or a linear layer); ``is_global`` when those are the whole input.
+    ``center0`` is the input-space centre of unit (0, 0) in pixel indices.
+
+    ``unanalysed`` names what stops one ``(r, S, P)`` from describing the layer: an operation
+    featvis has no rule for, or one whose windows differ between units (adaptive pooling to a
+    size that does not divide the input). The numbers are then ``None`` and ``aligned`` is
+    False; in the second case ``visible`` and ``units_seeing`` still answer exactly.
     """
 
     layer: str
@@ -93,6 +98,8 @@ class ReceptiveField:
     center0: tuple[float, float] | None
     input_size: tuple[int, int]
     unanalysed: tuple[str, ...] = ()
+    #: per axis, per unit: the exact half-open range of input pixels it depends on (``visible``)
+    spans: tuple[tuple[tuple[int, int], ...], ...] = field(default=(), repr=False, compare=False)
 
     @property
     def is_global(self) -> bool:
@@ -102,28 +109,32 @@ class ReceptiveField:
         if self.unanalysed:
             raise FeatvisError(
                 f"the field of '{self.layer}' is unknown: no rule for {'; '.join(self.unanalysed)}; "
-                "describe the layer with featvis.receptive_field.register_rule"
+                "describe the layer with featvis.register_rule"
             )
 
-    def region(self, unit_yx: Sequence[int], image_hw: Sequence[int] | None = None) -> Box:
-        """The input box unit ``(y, x)`` sees, unclipped; ``.clip(h, w)`` clips it to the image.
+    def _require_spans(self) -> None:
+        if not self.spans:
+            self._require_known()
 
-        ``image_hw`` is the size of the image the layer ran on when it is not ``input_size``:
-        local fields do not depend on it, a global field covers that image. Units are checked
-        against ``output_shape`` for ``input_size`` images.
+    def _unit(self, unit_yx: Sequence[int]) -> tuple[int, int]:
+        y, x = shapes.pair(unit_yx, "unit")
+        _, height, width = self.output_shape
+        if not (0 <= y < height and 0 <= x < width):
+            raise FeatvisError(
+                f"unit ({y}, {x}) is outside layer '{self.layer}' ({height}x{width} units); use 0 <= y < {height} and 0 <= x < {width}"
+            )
+        return y, x
+
+    def region(self, unit_yx: Sequence[int], image_hw: Sequence[int] | None = None) -> Box:
+        """The input box of unit ``(y, x)`` by the formula above, unclipped; ``.clip(h, w)`` clips it to the image.
+
+        ``image_hw``: the size of the image the layer ran on, when it is not ``input_size`` (local
+        fields do not depend on it; a global field covers that image). Units are checked against
+        ``output_shape`` for ``input_size`` images. See ``visible`` for the exact pixels at borders.
         """
         self._require_known()
-        y, x = shapes.pair(unit_yx, "unit")
-        if image_hw is None:
-            image = self.input_size
-            _, height, width = self.output_shape
-            if not (0 <= y < height and 0 <= x < width):
-                raise FeatvisError(
-                    f"unit ({y}, {x}) is outside layer '{self.layer}' ({height}x{width} units); "
-                    f"use 0 <= y < {height} and 0 <= x < {width}"
-                )
-        else:
-            image = shapes.positive_pair(image_hw, "image size")
+        y, x = self._unit(unit_yx) if image_hw is None else shapes.pair(unit_yx, "unit")
+        image = self.input_size if image_hw is None else shapes.positive_pair(image_hw, "image size")
         bounds = []
         for axis, index in enumerate((y, x)):
             if self.stride[axis] == 0 and self.padding[axis] == 0 and self.size[axis] == self.input_size[axis]:
@@ -134,6 +145,17 @@ class ReceptiveField:
         (y0, y1), (x0, x1) = bounds
         return Box(y0, x0, y1, x1)
 
+    def visible(self, unit_yx: Sequence[int]) -> Box:
+        """The bounding box of the input pixels unit ``(y, x)`` really depends on, for an ``input_size`` image.
+
+        Inside the image it is ``region(unit)``; at the borders it also leaves out what the unit
+        cannot see: windows reaching into padding, pixels past the last window of a strided layer
+        (never read by any unit), reflected padding. A unit that sees nothing gives an empty box.
+        """
+        self._require_spans()
+        (y0, y1), (x0, x1) = (self.spans[axis][index] for axis, index in enumerate(self._unit(unit_yx)))
+        return Box(y0, x0, y1, x1) if y1 > y0 and x1 > x0 else Box(0, 0, 0, 0)
+
     def center(self, unit_yx: Sequence[int]) -> tuple[float, float]:
         """Input-space centre (pixel indices) of unit ``(y, x)``'s field."""
         self._require_known()
@@ -141,19 +163,15 @@ class ReceptiveField:
         return self.stride[0] * y + self.center0[0], self.stride[1] * x + self.center0[1]
 
     def units_seeing(self, pixel_yx: Sequence[int]) -> Box:
-        """The units of this layer whose field holds input pixel ``(y, x)``: a half-open box of unit indices."""
-        self._require_known()
+        """The units of this layer that depend on input pixel ``(y, x)``: a half-open box of unit indices
+        (the bounding box when dilation leaves gaps); empty when no unit sees the pixel."""
+        self._require_spans()
         ranges = []
-        for p, units, size, stride, pad in zip(shapes.pair(pixel_yx, "pixel"), self.output_shape[1:], self.size, self.stride, self.padding):
-            lo, hi = -pad, size - 1 - pad  # unit i sees [stride*i + lo, stride*i + hi]
-            if stride == 0:
-                first, last = (0, units - 1) if lo <= p <= hi else (0, -1)
-            else:
-                first, last = -((hi - p) // stride), (p - lo) // stride  # ceil((p - hi)/S), floor((p - lo)/S)
-            first, last = max(first, 0), min(last, units - 1)
-            ranges.append((first, max(first, last + 1)))
+        for p, spans in zip(shapes.pair(pixel_yx, "pixel"), self.spans):
+            seeing = [i for i, (start, stop) in enumerate(spans) if start <= p < stop]
+            ranges.append((seeing[0], seeing[-1] + 1) if seeing else (0, 0))
         (y0, y1), (x0, x1) = ranges
-        return Box(y0, x0, y1, x1)
+        return Box(y0, x0, y1, x1) if y1 > y0 and x1 > x0 else Box(0, 0, 0, 0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``layer``, ``size``, ``stride``, ``padding``, ``aligned``, ``output_shape``
@@ -212,57 +230,82 @@ def register_rule(module_type: type, rule: Rule | None) -> None:
 
 
 # --- the field of a tensor ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Axis:
-    """Along one axis, unit i sees input pixels ``[stride*i + lo, stride*i + hi]``.
+_NONE = 1 << 40  # "first pixel" of a unit that sees no pixel at all (its window lies in padding)
 
-    ``stride == 0`` is a constant axis: every unit sees ``[lo, hi]``, inside the input.
+
+@dataclass(frozen=True, eq=False)
+class _Axis:
+    """Along one axis, unit i sees input pixels ``[stride*i + lo, stride*i + hi]`` (Araujo et al.);
+    ``stride == 0`` is a constant axis, every unit seeing ``[lo, hi]``.
+
+    ``first[i]``/``last[i]`` are the exact first and last pixel unit i depends on, border effects
+    included: windows reaching into padding, pixels past the last window that no unit ever reads,
+    dilated taps, reflect padding. Inside the image they equal the affine bounds.
     """
 
     stride: int
     lo: int
     hi: int
+    first: np.ndarray
+    last: np.ndarray
 
-    def window(self, kernel: int, stride: int, pad_before: int, dilation: int) -> "_Axis":
-        span = dilation * (kernel - 1)
-        return _Axis(self.stride * stride, self.lo - self.stride * pad_before, self.hi + self.stride * (span - pad_before))
+    @classmethod
+    def pixels(cls, count: int) -> "_Axis":
+        index = np.arange(count, dtype=np.int64)
+        return cls(1, 0, 0, index, index.copy())
 
-    def shift(self, offset: int, step: int = 1) -> "_Axis":
-        """Unit j becomes old unit ``offset + step*j`` (cropping, padding, strided slicing)."""
-        return _Axis(self.stride * step, self.lo + self.stride * offset, self.hi + self.stride * offset)
+    def gather(self, index: np.ndarray, stride: int, lo: int, hi: int) -> "_Axis":
+        """A new axis whose unit u combines old units ``index[u, :]`` (entries out of range are padding)."""
+        index = index.reshape(len(index), -1)
+        valid = (index >= 0) & (index < len(self.first))
+        safe = index.clip(0, len(self.first) - 1)
+        first = np.where(valid, self.first[safe], _NONE).min(axis=1)
+        last = np.where(valid, self.last[safe], -_NONE).max(axis=1)
+        return _Axis(stride, lo, hi, first, last)
 
-    def pooled(self, units: int, extent: int) -> "_Axis":
-        """All ``units`` units of the axis merged into one: their union, inside an input of ``extent``."""
-        if self.stride == 0:
-            return self
-        return _Axis(0, max(self.lo, 0), min(self.stride * (units - 1) + self.hi, extent - 1))
+    def window(self, kernel: int, stride: int, pad_before: int, dilation: int, units: int) -> "_Axis":
+        taps = stride * np.arange(units)[:, None] - pad_before + dilation * np.arange(kernel)
+        reach = dilation * (kernel - 1)
+        return self.gather(taps, self.stride * stride, self.lo - self.stride * pad_before, self.hi + self.stride * (reach - pad_before))
+
+    def reindex(self, index: np.ndarray, offset: int, step: int = 1) -> "_Axis":
+        """Unit j becomes old unit ``index[j]``, about ``offset + step*j`` (slicing, cropping, padding)."""
+        return self.gather(index, self.stride * step, self.lo + self.stride * offset, self.hi + self.stride * offset)
+
+    def pooled(self) -> "_Axis":
+        """All units merged into one (a global pool): it sees what any unit saw."""
+        seen = self.first <= self.last
+        lo, hi = (int(self.first[seen].min()), int(self.last[seen].max())) if seen.any() else (0, -1)
+        return _Axis(0, lo, hi, np.array([lo if seen.any() else _NONE]), np.array([hi if seen.any() else -_NONE]))
+
+    def covers(self, extent: int) -> bool:
+        return self.stride == 0 and self.lo <= 0 and self.hi >= extent - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Local:
     """Field of a tensor: axis k (h, w) lives in tensor dim ``dims[k]`` (negative), None once pooled away."""
 
     dims: tuple[int | None, int | None]
     axes: tuple[_Axis, _Axis]
     aligned: bool = True
+    irregular: tuple[str, ...] = ()  # operations whose windows differ between units: no single (r, S, P)
 
     def positive_dims(self, ndim: int) -> list[int | None]:
         return [None if d is None else d % ndim for d in self.dims]
 
     def covers(self, input_size: tuple[int, int]) -> bool:
-        return all(a.stride == 0 and a.lo <= 0 and a.hi >= n - 1 for a, n in zip(self.axes, input_size))
+        return all(a.covers(n) for a, n in zip(self.axes, input_size))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Merged:
     """Both spatial axes flattened into the last dim: units no longer have a position."""
 
     local: _Local
-    units: tuple[int, int]
 
-    def pooled(self, input_size: tuple[int, int]) -> _Local:
-        axes = tuple(a.pooled(n, e) for a, n, e in zip(self.local.axes, self.units, input_size))
-        return _Local((None, None), axes, self.local.aligned)
+    def pooled(self) -> _Local:
+        return _Local((None, None), tuple(a.pooled() for a in self.local.axes), self.local.aligned)  # regular again
 
 
 @dataclass(frozen=True)
@@ -325,22 +368,23 @@ def _union(op: _Op, inputs: Sequence[tuple[torch.Tensor, Any]]) -> Any:
     if unknown:
         return _Unknown(unknown)
     if any(isinstance(s, _Merged) for s in states):
-        return states[0] if all(s == states[0] for s in states) else op.unknown("combines a flattened map with other fields")
+        return states[0] if all(s is states[0] for s in states) else op.unknown("combines a flattened map with other fields")
     axes, dims, aligned = [], [], all(s.aligned for s in states)
+    irregular = tuple(dict.fromkeys(name for s in states for name in s.irregular))
     for k, extent in enumerate(op.tracer.input_size):
         parts = [(s.axes[k], s.dims[k], t.shape) for t, s in inputs]
-        dim = next((d for _, d, _ in parts if d is not None), None)
+        first = np.minimum.reduce(np.broadcast_arrays(*(a.first for a, _, _ in parts)))
+        last = np.maximum.reduce(np.broadcast_arrays(*(a.last for a, _, _ in parts)))
         constant = [a for a, _, _ in parts if a.stride == 0]
         moving = [(a, d, shape) for a, d, shape in parts if a.stride]
-        if any(a.lo <= 0 and a.hi >= extent - 1 for a in constant):  # one input sees everything: so does the result
-            axes.append(_Axis(0, 0, extent - 1))
+        if any(a.covers(extent) for a in constant):  # one input sees everything: so does the result
+            axes.append(_Axis(0, 0, extent - 1, first, last))
         elif constant and moving:
             return op.unknown("combines a pooled field with a local one")
         elif constant:
-            axes.append(_Axis(0, min(a.lo for a in constant), max(a.hi for a in constant)))
+            axes.append(_Axis(0, min(a.lo for a in constant), max(a.hi for a in constant), first, last))
         else:
-            sizes = {shape[d] for _, d, shape in moving}
-            if len(sizes) > 1:
+            if len({shape[d] if d is not None else 1 for _, d, shape in moving}) > 1:  # no dim: a single position
                 return op.unknown("broadcasts a field across positions")
             strides = {a.stride for a, _, _ in moving}
             if len(strides) > 1:
@@ -348,9 +392,9 @@ def _union(op: _Op, inputs: Sequence[tuple[torch.Tensor, Any]]) -> Any:
             if len({d for _, d, _ in moving}) > 1:
                 return op.unknown("merges maps whose spatial axes are in different dims")
             aligned &= len({a.lo + a.hi for a, _, _ in moving}) == 1  # all paths share the centre
-            axes.append(_Axis(strides.pop(), min(a.lo for a, _, _ in moving), max(a.hi for a, _, _ in moving)))
-        dims.append(dim)
-    return _Local(tuple(dims), tuple(axes), aligned)
+            axes.append(_Axis(strides.pop(), min(a.lo for a, _, _ in moving), max(a.hi for a, _, _ in moving), first, last))
+        dims.append(next((d for _, d, _ in parts if d is not None), None))
+    return _Local(tuple(dims), tuple(axes), aligned, irregular if any(a.stride for a in axes) else ())
 
 
 # --- rules: the field of an operation's result --------------------------------------------------
@@ -369,11 +413,14 @@ def _window(op: _Op, kernel: Sequence[int], stride: Sequence[int], padding: Sequ
         return state
     if isinstance(state, _Merged):
         return op.unknown("slides a window over a flattened map")
-    if all(a.stride == 0 for a in state.axes):
-        return state
+    units = next(_tensors(op.out)).shape[-2:]
     if state.dims != (-2, -1):
+        if all(a.stride == 0 for a in state.axes):  # every unit already sees the same pixels
+            axes = tuple(_Axis(0, a.lo, a.hi, np.full(n, a.first.min()), np.full(n, a.last.max())) for a, n in zip(state.axes, units))
+            return _Local((-2, -1), axes, state.aligned)  # regular again
         return op.unknown("its window runs over non-spatial dims")
-    return replace(state, axes=tuple(a.window(*geometry) for a, *geometry in zip(state.axes, kernel, stride, padding, dilation)))
+    axes = tuple(a.window(*geometry) for a, *geometry in zip(state.axes, kernel, stride, padding, dilation, units))
+    return replace(state, axes=axes)
 
 
 def _conv2d(op: _Op) -> Any:
@@ -404,17 +451,20 @@ def _adaptive_pool(op: _Op) -> Any:
         return state
     if not isinstance(state, _Local) or state.dims != (-2, -1):
         return op.unknown("pools non-spatial dims")
-    axes = []
-    for axis, n, o, extent in zip(state.axes, op.source.shape[-2:], out.shape[-2:], op.tracer.input_size):
+    axes, irregular = [], state.irregular
+    for axis, n, o in zip(state.axes, op.source.shape[-2:], out.shape[-2:]):
         if o == n:
             axes.append(axis)
         elif o == 1:
-            axes.append(axis.pooled(n, extent))
+            axes.append(axis.pooled())
         elif n % o == 0:
-            axes.append(axis.window(n // o, n // o, 0, 1))
-        else:
-            return op.unknown(f"adaptive pooling of {n} to {o} positions uses windows of different sizes")
-    return replace(state, axes=tuple(axes))
+            axes.append(axis.window(n // o, n // o, 0, 1, o))
+        else:  # unit i pools [floor(i*n/o), ceil((i+1)*n/o)): sizes and steps vary, exact bounds remain
+            starts, stops = np.arange(o) * n // o, -(-(np.arange(o) + 1) * n // o)
+            taps = starts[:, None] + np.arange(int((stops - starts).max()))
+            axes.append(axis.gather(np.where(taps < stops[:, None], taps, -1), axis.stride, axis.lo, axis.hi))
+            irregular += (f"{op.where} ({op.name}: {n} positions to {o} use windows of different sizes)",)
+    return replace(state, axes=tuple(axes), irregular=tuple(dict.fromkeys(irregular)))
 
 
 def _reduce(op: _Op, dims: Sequence[int] | None, keepdim: bool) -> Any:
@@ -424,11 +474,11 @@ def _reduce(op: _Op, dims: Sequence[int] | None, keepdim: bool) -> Any:
     if isinstance(state, _Merged):
         if ndim - 1 not in reduced:
             return state  # the flattened positions stay in the last dim
-        state = state.pooled(op.tracer.input_size)
+        state = state.pooled()
     if not isinstance(state, _Local):
         return state
     positive = state.positive_dims(ndim)
-    axes = tuple(a.pooled(op.source.shape[d], e) if d in reduced else a for a, d, e in zip(state.axes, positive, op.tracer.input_size))
+    axes = tuple(a.pooled() if d in reduced else a for a, d in zip(state.axes, positive))
     out_ndim = ndim if keepdim else ndim - len(reduced)
     new_dims = []
     for d in positive:
@@ -436,7 +486,7 @@ def _reduce(op: _Op, dims: Sequence[int] | None, keepdim: bool) -> Any:
             new_dims.append(None)
         else:
             new_dims.append((d if keepdim else d - sum(r < d for r in reduced)) - out_ndim)
-    return _Local(tuple(new_dims), axes, state.aligned)
+    return _Local(tuple(new_dims), axes, state.aligned, state.irregular if any(a.stride for a in axes) else ())
 
 
 def _reduction(dim_at: int = 1, keepdim_at: int = 2) -> Callable[[_Op], Any]:
@@ -554,7 +604,7 @@ def _reshape(op: _Op) -> Any:
     if units == (1, 1):
         return replace(state, dims=(None, None))  # one position: its field is the tensor's
     if out.dim() <= first + 1 and tuple(out.shape[:-1]) == tuple(src.shape[: out.dim() - 1]):
-        return _Merged(state, units)  # positions (and what follows them) flattened into the last dim
+        return _Merged(state)  # positions (and what follows them) flattened into the last dim
     return op.unknown("reshapes spatial dims")
 
 
@@ -579,13 +629,14 @@ def _getitem(op: _Op) -> Any:
             if not isinstance(item, slice):
                 if axes[k].stride:
                     return op.unknown("picks one row or column of a map")
+                axes[k] = axes[k].reindex(np.array([item % src.shape[in_dim]]), 0)
             else:
-                start, _, step = item.indices(src.shape[in_dim])
-                axes[k], dims[k] = axes[k].shift(start, step), out_dim
+                start, stop, step = item.indices(src.shape[in_dim])
+                axes[k], dims[k] = axes[k].reindex(np.arange(start, stop, step), start, step), out_dim
         out_dim += item is None or isinstance(item, slice)
         in_dim += item is not None
     out_ndim = op.out.dim()
-    return _Local(tuple(None if d is None else d - out_ndim for d in dims), tuple(axes), state.aligned)
+    return replace(state, dims=tuple(None if d is None else d - out_ndim for d in dims), axes=tuple(axes))
 
 
 def _narrow(op: _Op) -> Any:
@@ -594,7 +645,8 @@ def _narrow(op: _Op) -> Any:
     if isinstance(state, _Local) and dim in state.positive_dims(ndim):
         k = state.positive_dims(ndim).index(dim)
         axes = list(state.axes)
-        axes[k] = axes[k].shift(int(op.arg(2, "start")) % op.source.shape[dim])
+        start = int(op.arg(2, "start")) % op.source.shape[dim]
+        axes[k] = axes[k].reindex(start + np.arange(int(op.arg(3, "length"))), start)
         return replace(state, axes=tuple(axes))
     return state
 
@@ -604,12 +656,23 @@ def _pad(op: _Op) -> Any:
     if not isinstance(state, _Local):
         return state
     pads, axes, spatial = list(op.arg(1, "pad")), list(state.axes), state.positive_dims(ndim)
+    mode = op.arg(2, "mode", "constant")
     for pair_index in range(len(pads) // 2):  # (left, right, top, bottom, ...) from the last dim backwards
         dim = ndim - 1 - pair_index
         if dim in spatial:
             k = spatial.index(dim)
-            axes[k] = axes[k].shift(-pads[2 * pair_index])
+            before, after = pads[2 * pair_index], pads[2 * pair_index + 1]
+            axes[k] = axes[k].reindex(_padded_index(op.source.shape[dim], before, after, mode), -before)
     return replace(state, axes=tuple(axes))
+
+
+def _padded_index(count: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Which old unit each unit of a padded (or, with negative pads, cropped) axis is; -1 for constant padding."""
+    kept = np.arange(max(-before, 0), count - max(-after, 0))
+    widths = (max(before, 0), max(after, 0))
+    if mode == "constant":
+        return np.pad(kept, widths, constant_values=-1)
+    return np.pad(kept, widths, mode={"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode])
 
 
 def _split(op: _Op) -> Any:
@@ -681,8 +744,10 @@ def _module_rule(op: _Op, rule: Rule, module: nn.Module) -> Any:
     """Apply a user rule to a module treated as one operation."""
     geometry = rule(module)
     if geometry == GLOBAL:
-        dims = (-2, -1) if next(_tensors(op.out)).dim() >= 3 else (None, None)
-        return _Local(dims, tuple(_Axis(0, 0, n - 1) for n in op.tracer.input_size))
+        out = next(_tensors(op.out))
+        units = tuple(out.shape[-2:]) if out.dim() >= 3 else (1, 1)
+        return _Local((-2, -1) if out.dim() >= 3 else (None, None),
+                      tuple(_Axis(0, 0, n - 1, np.zeros(u, np.int64), np.full(u, n - 1)) for n, u in zip(op.tracer.input_size, units)))
     if not isinstance(geometry, Window):
         raise FeatvisError(f"the rule for {type(module).__name__} returned {geometry!r}; return a Window, POINTWISE or GLOBAL")
     kernel = shapes.positive_pair(geometry.kernel, "kernel")
@@ -790,7 +855,7 @@ def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool) -> dict[
     dtype = parameter.dtype if parameter is not None else torch.float32
     device = torch.device("meta") if meta else model.mean.device
     image = torch.zeros(1, 3, *size, dtype=dtype, device=device)
-    tracer.fields[image] = _Local((-2, -1), (_Axis(1, 0, 0), _Axis(1, 0, 0)))
+    tracer.fields[image] = _Local((-2, -1), (_Axis.pixels(size[0]), _Axis.pixels(size[1])))
     handles = []
     try:
         for path, module in model.net.named_modules():
@@ -827,8 +892,14 @@ def _result(layer: str, path: str, state: Any, shape: tuple[int, ...], size: tup
     if isinstance(state, _Unknown):
         return ReceptiveField(layer, path, None, None, None, False, output_shape, None, size, state.names)
     if isinstance(state, _Merged):
-        state = state.pooled(size)  # a flattened map: the field of the whole output
+        state = state.pooled()  # a flattened map: the field of the whole output
     h, w = state.axes
+    spans = tuple(
+        tuple((int(f), int(l) + 1) if f <= l else (0, 0) for f, l in zip(*np.broadcast_arrays(a.first, a.last, np.empty(n))[:2]))
+        for a, n in zip(state.axes, output_shape[1:])
+    )
+    if state.irregular:
+        return ReceptiveField(layer, path, None, None, None, False, output_shape, None, size, state.irregular, spans)
     return ReceptiveField(
         layer, path,
         size=(h.hi - h.lo + 1, w.hi - w.lo + 1),
@@ -838,6 +909,7 @@ def _result(layer: str, path: str, state: Any, shape: tuple[int, ...], size: tup
         output_shape=output_shape,
         center0=((h.lo + h.hi) / 2, (w.lo + w.hi) / 2),
         input_size=size,
+        spans=spans,
     )
 
 

@@ -334,11 +334,11 @@ class _ReluAudit(TorchFunctionMode):
             self.functional.add(self.frames[-1][0])
         return func(*args, **(kwargs or {}))
 
-    def run(self, net: nn.Module, x: torch.Tensor) -> set[str]:
-        """Paths of the modules to rewrite: functional relu callers and callers of a reused nn.ReLU."""
+    def run(self, net: nn.Module, x: torch.Tensor) -> tuple[set[str], torch.Tensor]:
+        """``(paths to rewrite, output)``: functional relu callers and callers of a reused nn.ReLU."""
         try:
             with torch.no_grad(), self:
-                net(x)
+                output = net(x)
         finally:
             for handle in self._handles:
                 handle.remove()
@@ -346,7 +346,7 @@ class _ReluAudit(TorchFunctionMode):
         for callers in self.callers.values():
             if len(callers) > 1:
                 flagged.update(callers)
-        return flagged
+        return flagged, output
 
 
 def _unshare_relus(net: nn.Module) -> None:
@@ -416,27 +416,29 @@ def guided_model(model: nn.Module) -> FeatvisModel:
     In the copy every ReLU is a non-inplace ``nn.ReLU`` used at exactly one call site:
     functional relus and second calls of a shared module are rewritten with torch.fx, one
     module at a time so layer names stay valid. The copy must reproduce the model's output
-    on a test input, or a FeatvisError says which module could not be rewritten.
+    on a test input, or a FeatvisError says which module could not be rewritten. The copy is
+    marked ``guided_ready`` and returned as is when passed again.
     """
     fmodel = as_model(model)
+    if getattr(fmodel, "guided_ready", False):
+        return fmodel
     prepared = copy.deepcopy(fmodel)
     net = prepared.net
-    _unshare_relus(net)
     size = fmodel.input_size
     x = prepared.normalize(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(fmodel.mean.device))
-    flagged = _ReluAudit(net).run(net, x)
+    flagged, expected = _ReluAudit(net).run(net, x.clone())  # the copy is still the original here
+    _unshare_relus(net)
     for path in sorted(flagged, key=lambda p: -p.count(".") - bool(p)):  # deepest first, the root last
         rewritten = _rewrite_relus(net.get_submodule(path), path)
         if path:
             net.set_submodule(path, rewritten)
         else:
             prepared.net = net = rewritten
-    left = _ReluAudit(net).run(net, x)
-    with torch.no_grad():
-        same = torch.allclose(net(x), fmodel.net(x), rtol=1e-4, atol=1e-5)
-    if left or not same:
+    left, output = _ReluAudit(net).run(net, x.clone())
+    if left or not torch.allclose(output, expected, rtol=1e-4, atol=1e-5):
         where = ", ".join(sorted(p or "the model" for p in left)) or "its output changed"
         raise FeatvisError(
             f"cannot prepare {fmodel.name} for guided methods ({where}); use a separate nn.ReLU module for each ReLU call"
         )
+    prepared.guided_ready = True
     return prepared.freeze()

@@ -17,22 +17,29 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import FeatvisError
 from ..fileio import ensure_writable_dir
+from ..filters import filter_images
 from ..images import save_image
 from ..model import FeatvisModel, as_model
+from ..optvis import Objective, RenderResult, channel, diversity, render
+from ..optvis.objectives import INPUT
+from ..optvis.transforms import resize
+from ..probe import capture
 from . import manifest as mf
 from .manifest import Key, Record, ShardManifest
+from .patches import LayerPeaks, layer_peaks, photos_digest, read_photos, top_patches
 from .plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
 from .site import build_site
 
-DEFAULT_BATCH = 8
+DEFAULT_BATCH = 8  # channels per unit of work: one render call, one manifest update
 DEFAULT_PATCHES = 8
+DIVERSITY_WEIGHT = 100.0  # Lucid's weight for its diversity example: channel + 1e2 * diversity
 
 
 def model_fingerprint(model: FeatvisModel) -> str:
@@ -76,53 +83,41 @@ class GalleryReport:
 class GalleryJob:
     """One process's share of a gallery (see module docstring)."""
 
-    def __init__(self, model: FeatvisModel, root: Path, layers: list[Layer], units: list[Unit], shard: tuple[int, int],
-                 settings: dict, photos, patches: int, negative: bool, diversity: int, filters: bool,
-                 log: Callable[[str], None]):
-        self.model, self.root, self.layers, self.units, self.shard = model, root, layers, units, shard
-        self.settings, self.photos, self.patches = settings, photos, patches
-        self.negative, self.diversity, self.filters, self.log = negative, diversity, filters, log
+    def __init__(self, model: FeatvisModel, root: Path, units: list[Unit], shard: tuple[int, int], settings: dict,
+                 batch: int, photos: list | None, patches: int, negative: bool, diversity: int, filters: bool,
+                 progress: bool):
+        self.model, self.root, self.units, self.shard = model, root, units, shard
+        self.settings, self.batch, self.photos, self.patches = settings, batch, photos, patches
+        self.negative, self.diversity, self.filters, self.progress = negative, diversity, filters, progress
         self.meta = {"name": model.name, "fingerprint": settings["model"]}
         manifests = mf.read_manifests(root)
         mf.check_same_model(manifests, self.meta, root)
         self.done = mf.merged_records(root, manifests)
         self.manifest = ShardManifest(root, shard[0], shard[1], self.meta, manifests)
         self.report = GalleryReport(root, root / "index.html", shard, len(units))
-        self._peaks: dict[str, object] = {}
+        self._peaks: dict[str, LayerPeaks] = {}
 
-    # --- settings and file names --------------------------------------------------------------
-    def item_settings(self, layer: Layer, channel: int | None, kind: str, **extra) -> dict:
-        return mf.canonical({**self.settings, "layer": layer.path, "channel": channel, "kind": kind, **extra})
+    # --- bookkeeping ----------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
 
-    def is_done(self, key: Key, settings: dict) -> bool:
-        record = self.done.get(key)
-        return record is not None and record.matches(settings)
+    def todo(self, layer: Layer, channel: int | None, kind: str, settings: dict) -> bool:
+        """Whether an item must be made: no record with these settings and intact files."""
+        record = self.done.get((layer.path, channel, kind))
+        if record is not None and record.matches(settings):
+            self.report.skipped += 1
+            return False
+        return True
 
-    def file_name(self, layer: Layer, stem: str, settings: dict) -> str:
-        return f"layers/{layer.slug}/img/{stem}-{mf.settings_digest(settings)[:10]}.png"
-
-    def save(self, rel: str, image: torch.Tensor) -> tuple[str, str]:
+    def save(self, layer: Layer, stem: str, settings: dict, image: torch.Tensor) -> tuple[str, str]:
+        """Write a PNG named for its item and settings digest; returns (path in the gallery, SHA-256)."""
+        rel = f"layers/{layer.slug}/img/{stem}-{mf.settings_digest(settings)[:10]}.png"
         path = save_image(image.detach().cpu(), self.root / rel)
         return rel, mf.sha256_file(path)
 
     def record(self, layer: Layer, channel: int | None, kind: str, settings: dict, files: dict, result: dict) -> Record:
         return Record(layer.path, channel, kind, settings, dict(files), result, layer.info())
-
-    # --- the work -------------------------------------------------------------------------------
-    def run(self) -> GalleryReport:
-        start = time.perf_counter()
-        if self.filters and self.shard[0] == 0:
-            self.commit(self.make_filters())
-        for number, unit in enumerate(self.units, 1):
-            began = time.perf_counter()
-            records = self.make_renders(unit) + self.make_diversity(unit) + self.make_patches(unit)
-            self.commit(records)
-            what = f"{len(records)} items made" if records else "already done"
-            self.log(f"[shard {self.shard[0]}/{self.shard[1]}] unit {number}/{len(self.units)}: {unit.layer.name} "
-                     f"channels {unit.channels[0]}..{unit.channels[-1]}: {what} ({time.perf_counter() - began:.1f} s)")
-        self.finish()
-        self.report.seconds = time.perf_counter() - start
-        return self.report
 
     def commit(self, records: list[Record]) -> None:
         """Record finished items, show them in the site, then drop the files they replaced."""
@@ -139,95 +134,127 @@ class GalleryJob:
                 (self.root / rel).unlink(missing_ok=True)
         self.report.made.extend(r.key for r in records)
 
-    def finish(self) -> None:
-        """Rebuild the site from every shard's manifest (the others may have finished meanwhile)."""
-        manifests = mf.read_manifests(self.root)
-        build_site(self.root, self.meta, mf.merged_records(self.root, manifests))
+    # --- the work -------------------------------------------------------------------------------
+    def run(self) -> GalleryReport:
+        start = time.perf_counter()
+        if self.filters and self.shard[0] == 0:
+            self.commit(self.make_filters())
+        for number, unit in enumerate(self.units, 1):
+            began = time.perf_counter()
+            records = self.make_renders(unit) + self.make_diversity(unit) + self.make_patches(unit)
+            self.commit(records)
+            channels = f"channels {unit.channels[0]}..{unit.channels[-1]}" if len(unit.channels) > 1 else f"channel {unit.channels[0]}"
+            what = f"{len(records)} items made" if records else "already done"
+            self.log(f"[shard {self.shard[0]}/{self.shard[1]}] unit {number}/{len(self.units)}: {unit.layer.name} "
+                     f"{channels}: {what} ({time.perf_counter() - began:.1f} s)")
+        # the site from every shard's manifest: the others may have finished meanwhile
+        build_site(self.root, self.meta, mf.merged_records(self.root, mf.read_manifests(self.root)))
+        self.report.seconds = time.perf_counter() - start
+        return self.report
+
+    def render(self, objectives: list[Objective], images: int) -> list[RenderResult]:
+        """Render through the engine; a run cut short (Ctrl-C) is never recorded as finished."""
+        results = render(self.model, objectives, steps=self.settings["steps"], size=self.settings["size"],
+                         batch=self.batch, seed=self.settings["seed"],
+                         progress=self.progress and sys.stderr.isatty())
+        if len(results) != images or any(r.interrupted or r.steps != self.settings["steps"] for r in results):
+            raise KeyboardInterrupt
+        return results
 
     def make_filters(self) -> list[Record]:
-        from ..filters import filter_images
-
+        """The first convolution's RGB kernels, one small PNG each (shard 0 only)."""
         path = first_rgb_conv(self.model)
         if path is None:
             return []
         layer = Layer(path, path, tuple(self.model.aliases_of(path)), self.model.net.get_submodule(path).out_channels,
                       (), self.model.layer_names().index(path))
         settings = mf.canonical({"model": self.settings["model"], "layer": path, "kind": "filters", "normalize": "filter"})
-        if self.is_done((path, None, "filters"), settings):
-            self.report.skipped += 1
+        if not self.todo(layer, None, "filters", settings):
             return []
-        images = filter_images(self.model, path, normalize="filter")
-        files = dict(self.save(self.file_name(layer, f"filter{i}", settings), image) for i, image in enumerate(images))
+        files = dict(self.save(layer, f"filter{i}", settings, image)
+                     for i, image in enumerate(filter_images(self.model, path, normalize="filter")))
         return [self.record(layer, None, "filters", settings, files, {"images": list(files)})]
+
+    def render_settings(self, layer: Layer, channel: int, kind: str, objective: Objective, **extra) -> dict:
+        """Everything an image depends on; the objective's name seeds its random start."""
+        return mf.canonical({**self.settings, "layer": layer.path, "channel": channel, "kind": kind,
+                             "spec": objective.name, **extra})
 
     def make_renders(self, unit: Unit) -> list[Record]:
         """Feature visualizations (and negatives) of the unit's unfinished channels, in one render call."""
-        from .. import render
-
-        kinds = ["positive"] + (["negative"] if self.negative else [])
         todo = []
-        for kind in kinds:
-            for channel in unit.channels:
-                settings = self.item_settings(unit.layer, channel, kind)
-                if self.is_done((unit.layer.path, channel, kind), settings):
-                    self.report.skipped += 1
-                else:
-                    todo.append((channel, kind, settings))
+        for kind in ("positive", "negative") if self.negative else ("positive",):
+            for c in unit.channels:
+                objective = channel(unit.layer.name, c)
+                objective = -objective if kind == "negative" else objective
+                settings = self.render_settings(unit.layer, c, kind, objective)
+                if self.todo(unit.layer, c, kind, settings):
+                    todo.append((c, kind, objective, settings))
         if not todo:
             return []
-        specs = [spec_text(unit.layer, channel, kind) for channel, kind, _ in todo]
-        results = render(self.model, specs, steps=self.settings["steps"], size=self.settings["size"],
-                         batch=self.settings["batch"], seed=self.settings["seed"], progress=self.log is not _quiet)
+        results = self.render([objective for _, _, objective, _ in todo], len(todo))
         records = []
-        for (channel, kind, settings), result in zip(todo, results):
-            rel, digest = self.save(self.file_name(unit.layer, f"{channel}-{kind}", settings), result.image)
-            records.append(self.record(unit.layer, channel, kind, settings, {rel: digest}, {
+        for (c, kind, _, settings), result in zip(todo, results):
+            rel, digest = self.save(unit.layer, f"{c}-{kind}", settings, result.image)
+            records.append(self.record(unit.layer, c, kind, settings, {rel: digest}, {
                 "spec": result.spec, "activation": result.activation, "natural_max": result.natural_max,
-                "ratio": result.ratio, "image": rel}))
+                "ratio": result.ratio, "image": rel, "batch": self.batch}))
         return records
 
     def make_diversity(self, unit: Unit) -> list[Record]:
-        return []
+        """Per channel, ``diversity`` images optimised together to differ in style (Gram matrices) at the layer."""
+        if not self.diversity:
+            return []
+        todo = []
+        for c in unit.channels:
+            objective = channel(unit.layer.name, c) + DIVERSITY_WEIGHT * diversity(unit.layer.name, self.diversity)
+            settings = self.render_settings(unit.layer, c, "diversity", objective, images=self.diversity)
+            if self.todo(unit.layer, c, "diversity", settings):
+                todo.append((c, objective, settings))
+        if not todo:
+            return []
+        results = self.render([objective for _, objective, _ in todo], len(todo) * self.diversity)
+        records = []
+        for number, (c, objective, settings) in enumerate(todo):
+            mine = results[number * self.diversity : (number + 1) * self.diversity]
+            images = torch.stack([r.image for r in mine])
+            files = dict(self.save(unit.layer, f"{c}-diversity{k}", settings, image) for k, image in enumerate(images))
+            records.append(self.record(unit.layer, c, "diversity", settings, files, {
+                "spec": objective.name, "images": list(files),
+                "activations": channel_values(self.model, unit.layer.name, c, images, self.settings["size"])}))
+        return records
 
     def make_patches(self, unit: Unit) -> list[Record]:
         """Top photo patches of the unit's channels (one pass over the photos per layer and process)."""
         if self.photos is None:
             return []
-        from .patches import layer_peaks, photos_digest, top_patches
-
+        digest = photos_digest(self.photos)
         records = []
-        extra = {"photos": photos_digest(self.photos), "patches": self.patches, "input_size": self.model.input_size}
-        for channel in unit.channels:
-            settings = mf.canonical({"model": self.settings["model"], "layer": unit.layer.path, "channel": channel,
-                                     "kind": "patches", **extra})
-            if self.is_done((unit.layer.path, channel, "patches"), settings):
-                self.report.skipped += 1
+        for c in unit.channels:
+            settings = mf.canonical({"model": self.settings["model"], "layer": unit.layer.path, "channel": c,
+                                     "kind": "patches", "photos": digest, "patches": self.patches})
+            if not self.todo(unit.layer, c, "patches", settings):
                 continue
             if unit.layer.path not in self._peaks:
                 self._peaks[unit.layer.path] = layer_peaks(self.model, unit.layer, self.photos)
-            found = top_patches(self.photos, self._peaks[unit.layer.path], channel, self.patches)
             files, entries = {}, []
-            for k, patch in enumerate(found):
-                rel, digest = self.save(self.file_name(unit.layer, f"{channel}-patch{k}", settings), patch.image)
-                files[rel] = digest
-                entries.append({"photo": patch.photo, "box": list(patch.box), "unit": list(patch.unit) if patch.unit else None,
-                                "activation": patch.activation, "image": rel})
-            records.append(self.record(unit.layer, channel, "patches", settings, files, {
-                "photos": {"count": len(self.photos), "digest": extra["photos"]}, "patches": entries}))
+            for k, patch in enumerate(top_patches(self.photos, self._peaks[unit.layer.path], c, self.patches)):
+                rel, sha = self.save(unit.layer, f"{c}-patch{k}", settings, patch.image)
+                files[rel] = sha
+                entries.append({"photo": patch.photo, "box": list(patch.box), "activation": patch.activation,
+                                "unit": list(patch.unit) if patch.unit else None, "image": rel})
+            records.append(self.record(unit.layer, c, "patches", settings, files, {
+                "photos": {"count": len(self.photos), "digest": digest}, "patches": entries}))
         return records
 
 
-def spec_text(layer: Layer, channel: int, kind: str) -> str:
-    """The render spec of a channel (``-`` for the negative), naming the layer as the user did."""
-    return f"{'-' if kind == 'negative' else ''}{layer.name}:{channel}"
-
-
-def _quiet(message: str) -> None:
-    pass
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+@torch.no_grad()
+def channel_values(model: FeatvisModel, layer: str, c: int, images: torch.Tensor, size: int) -> list[float]:
+    """The channel objective on finished images, measured as the engine measures ``activation``
+    (no transforms, at the model's input scale)."""
+    scale = max(size, model.input_size)
+    acts = capture(model, resize(images.to(model.mean.device), scale), [layer])
+    return [float(v) for v in channel(layer, c)({**acts, INPUT: images})]
 
 
 def make_gallery(
@@ -268,15 +295,11 @@ def make_gallery(
     batch = int(batch or DEFAULT_BATCH)
     index, count = shard if shard is not None else shard_from_env()
     units = shard_units(plan_units(chosen, selections, batch), index, count)
-    photos = None
-    if images is not None:
-        from .patches import read_photos
-
-        photos = read_photos(images, fmodel)
-    settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "batch": batch,
-                "seed": int(seed)}
-    job = GalleryJob(fmodel, root, chosen, units, (index, count), settings, photos, int(patches), negative,
-                     int(diversity), filters, _stderr if progress else _quiet)
+    photos = read_photos(images, fmodel) if images is not None else None
+    # what an image depends on; not the batch: the engine gives each image its own random draws
+    settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed)}
+    job = GalleryJob(fmodel, root, units, (index, count), settings, batch, photos, int(patches), negative,
+                     int(diversity), filters, progress)
     return job.run()
 
 

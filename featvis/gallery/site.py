@@ -117,7 +117,7 @@ class Site:
             "layer": info["name"],
             "layer_path": info["path"],
             "channel": channel,
-            **{name: settings.get(name) for name in ("seed", "steps", "size", "batch")},
+            **{name: settings.get(name) for name in ("seed", "steps", "size")},
             **positive.result,
         }
         for kind in ("negative", "diversity"):
@@ -126,8 +126,9 @@ class Site:
         data["photos"] = kinds["patches"].result["photos"] if "patches" in kinds else None
         return data
 
-    def _page(self, page: str, title: str, crumbs: Iterable[tuple[str, str]], *body) -> str:
-        nav = tag("nav", [join(tag("a", text, href=self.link(page, target)), " › ") for text, target in crumbs])
+    def _page(self, page: str, title: str, crumbs: Iterable[tuple[str, str]], here: str, *body) -> str:
+        """A page with a breadcrumb trail of (text, root-relative target) ending at ``here``."""
+        nav = tag("nav", [join(tag("a", text, href=self.link(page, target)), " › ") for text, target in crumbs], here)
         return document(title, nav, *body, css=CSS)
 
     def _thumb(self, page: str, info: dict, channel: int, kinds: dict[str, Record], css: str) -> Markup:
@@ -175,7 +176,7 @@ class Site:
                              tag("div", f"{_number(result['activation'], '.3g')} · {_ratio(result.get('ratio'))}",
                                  class_="muted"), class_="card"))
         shape = "×".join(map(str, info.get("shape", [])))
-        return self._page(page, f"{info['name']} — featvis gallery", [("index", "index.html")],
+        return self._page(page, f"{info['name']} — featvis gallery", [("index", "index.html")], info["name"],
                           tag("h1", _layer_title(info)),
                           tag("p", f"{len(cards)} of {info['channels']} channels shown; output shape {shape}. "
                                    "Under each: activation reached · ratio to the best natural photo.", class_="muted"),
@@ -218,7 +219,7 @@ class Site:
                                                 tag("br"), f"activation {_number(p['activation'], '.3g')}"),
                                             class_="card patch") for p in data["patches"]], class_="grid"))
         crumbs = [("index", "index.html"), (info["name"], self.layer_page(info))]
-        return self._page(page, f"{info['name']} {channel} — featvis gallery", crumbs, *sections)
+        return self._page(page, f"{info['name']} {channel} — featvis gallery", crumbs, f"channel {channel}", *sections)
 
 
 def build_site(root: Path, model: dict, records: dict[Key, Record]) -> list[Path]:

@@ -7,7 +7,7 @@
   `total_variation`, `blur`; combine with + - * and scalars
 - `natural_max(model, spec)`: the best score of natural photos, the bar to clear
 - building blocks: `Transforms` (robustness), `make_param` (fft / pixel, colour decorrelation),
-  `redirected_relu` (the gradient that gives dead channels a picture)
+  `redirected_relus` (the gradient that gives dead channels a picture)
 """
 
 from .natural import natural_max, photo_crops
@@ -16,8 +16,8 @@ from .objectives import (
     interpolate, l1, l2, neuron, total_variation,
 )
 from .param import FourierImage, PixelImage, make_param
-from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relu, redirected_relus
-from .render import RenderResult, render
+from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relus
+from .rendering import RenderResult, render
 from .spec import layer_shapes, parse_spec
 from .transforms import Transforms
 
@@ -25,5 +25,5 @@ __all__ = [
     "Objective", "RenderResult", "Transforms", "FourierImage", "PixelImage", "RedirectedReLU", "REDIRECT_STEPS",
     "alignment", "blur", "caricature", "channel", "class_logit", "deepdream", "direction", "direction_neuron",
     "diversity", "interpolate", "l1", "l2", "layer_shapes", "make_param", "natural_max", "neuron", "parse_spec",
-    "photo_crops", "redirected_relu", "redirected_relus", "render", "total_variation",
+    "photo_crops", "redirected_relus", "render", "total_variation",
 ]

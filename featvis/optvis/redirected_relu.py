@@ -35,13 +35,13 @@ class RedirectedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        relu_grad = grad * (x > 0)
-        batch = x.shape[0] if x.dim() > 1 else 1
-        dead = relu_grad.reshape(batch, -1).eq(0).all(1)
-        if not bool(dead.any()):
-            return relu_grad
-        redirected = grad * ((x >= 0) | (grad <= 0))
-        return torch.where(dead.view(-1, *[1] * (x.dim() - 1)) if x.dim() > 1 else dead[0], redirected, relu_grad)
+        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # grad * [x > 0]
+        if x.dim() < 2:
+            return relu_grad if bool(relu_grad.any()) else grad.masked_fill((x < 0) & (grad > 0), 0)
+        dead = ~relu_grad.any(dim=tuple(range(1, x.dim())))
+        for b in dead.nonzero().flatten().tolist():
+            relu_grad[b] = grad[b].masked_fill((x[b] < 0) & (grad[b] > 0), 0)
+        return relu_grad
 
 
 def redirected_relu(x: torch.Tensor) -> torch.Tensor:

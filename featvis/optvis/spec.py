@@ -37,6 +37,12 @@ def _fail(text: str, start: int, end: int, problem: str, fix: str) -> FeatvisErr
     return FeatvisError(f"bad spec '{text}': {problem} '{part}' at {where}; {fix}")
 
 
+def _hint(exc: FeatvisError) -> str:
+    """The suggestion part of a lookup error ("...; closest: a, b")."""
+    message = str(exc)
+    return message.split("; ", 1)[1] if "; " in message else message
+
+
 def parse_spec(model: torch.nn.Module, text: str) -> Objective:
     """Parse a spec (grammar in the module docstring) into an Objective, checking layer and channel."""
     model = as_model(model)
@@ -53,7 +59,7 @@ def parse_spec(model: torch.nn.Module, text: str) -> Objective:
         try:
             objective = class_logit(model, label)
         except FeatvisError as exc:
-            raise _fail(raw, start + 6, start + len(body), "class", str(exc)) from None
+            raise _fail(raw, start + 6, start + len(body), "class", _hint(exc)) from None
     else:
         layer, colon, rest = body.partition(":")
         if not layer or re.search(r"[\s@,]", layer):
@@ -61,9 +67,12 @@ def parse_spec(model: torch.nn.Module, text: str) -> Objective:
         try:
             model.resolve(layer)
         except FeatvisError as exc:
-            raise _fail(raw, start, start + len(layer), "unknown layer", str(exc)) from None
+            raise _fail(raw, start, start + len(layer), f"no layer of {model.name} is called", _hint(exc)) from None
         objective = deepdream(layer) if not colon else _channel_or_neuron(raw, layer, rest, start + len(layer) + 1)
-    objective.check(layer_shapes(model, objective.layers, model.input_size))
+    try:
+        objective.check(layer_shapes(model, objective.layers, model.input_size))
+    except FeatvisError as exc:
+        raise FeatvisError(f"bad spec '{raw}': {exc}") from None
     if negative:
         name = f"-{objective.name}"
         objective = -objective

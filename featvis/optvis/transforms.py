@@ -2,12 +2,14 @@
 
 The article's standard set (Lucid's ``standard_transforms``) applies, in order: pad 12 px with
 grey 0.5, jitter 8 (a random crop 8 px smaller), a random scale from 0.9..1.1 (step 0.02), a
-random rotation from -10..10 degrees (0 five times likelier), jitter 4; featvis then resizes to
-the model's input scale (e.g. 128 -> 224, as Lucent does). Every one of these maps output
-pixel coordinates affinely to source coordinates, so featvis composes them into one 2x3 matrix
-per image and step and samples the image once with ``F.affine_grid`` + ``F.grid_sample``
-(bilinear; outside the image reads grey): differentiable, no repeated blurring, one pass.
-Each image of a batch draws its own transforms from its own generator.
+random rotation from -10..10 degrees (0 five times likelier), jitter 4. The model sees the
+result at its input scale: the canvas a 128 px image gives at scale 1 (128 + 24 - 8 - 4 =
+140 px) fills the 224 px input, as Lucent's final upsampling does; at other scales the same
+window is cut from the scaled canvas, so objects really grow and shrink relative to the
+network. Every step maps output pixels affinely to source pixels, so featvis composes them into
+one 2x3 matrix per image and step and samples the image once (``F.affine_grid`` +
+``F.grid_sample``, bilinear, outside reads grey): differentiable, one pass, no repeated
+blurring. Each image of a batch draws its own transforms from its own generator.
 """
 
 from __future__ import annotations
@@ -52,19 +54,19 @@ class Transforms:
 
 def affine_theta(size: int, out_size: int, pad: float, jitter: float, jitter2: float, a1: torch.Tensor, k: torch.Tensor,
                  angle: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
-    """The composed affine map, for any batch shape of draws (``a1``, ``a2``: [..., 2] as x, y offsets).
+    """The composed affine map, for any batch shape of draws (``a1``, ``a2``: [..., 2] crop offsets as x, y).
 
-    In pixel coordinates (pixel i spans [i, i+1)), an output point o of the out_size image comes
-    from the source point x = (R(-angle) (o m2 / out_size + a2 - c) + c) / k + a1 - pad, where
-    m1 = size + 2 pad - jitter is the first crop, m1 k its scaled size, c = m1 k / 2 its centre
-    and m2 = m1 k - jitter2 the second crop; a1, a2 are the crops' offsets.
+    In pixel coordinates (pixel i spans [i, i+1)) the window is W = size + 2 pad - jitter - jitter2
+    canvas pixels shown at magnification M = out_size / W. An output point o, centred as
+    v = o / M - W / 2, comes from the source point
+    x = size / 2 + (a1 - jitter / 2) + R(-angle) (v + a2 - jitter2 / 2) / k:
+    the crops shift, the rotation and scale act about the canvas centre.
     """
-    m1k = (size + 2 * pad - jitter) * k
-    m2, c = m1k - jitter2, m1k / 2
+    window = size + 2 * pad - jitter - jitter2
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # R(-angle), y axis down
-    A = rot * (m2 / out_size / k)[..., None, None]
-    b = ((rot @ (a2 - c[..., None])[..., None])[..., 0] + c[..., None]) / k[..., None] + a1 - pad
+    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2) / k[..., None, None]  # R(-angle) / k
+    A = rot * window / out_size
+    b = size / 2 + a1 - jitter / 2 + (rot @ (a2 - jitter2 / 2 - window / 2)[..., None])[..., 0]
     # normalised coordinates (align_corners=False): o = (on + 1) out_size / 2, xn = 2 x / size - 1
     linear = A * out_size / size
     shift = (linear @ torch.ones(2, 1, dtype=A.dtype))[..., 0] + 2 * b / size - 1

@@ -2,7 +2,7 @@
 
 Each objective gets its own images of one batch, parameterised (`param`), transformed
 (`transforms`) and fed to the frozen model, whose forward pass stops at the deepest layer
-the objectives need (`Probe(early_exit=True)`); Adam (lr 0.05) raises the sum of all
+the objectives need (`Probe(early_exit=True)`), slow layers use exact faster stand-ins (`fast_layers`); Adam (lr 0.05) raises the sum of all
 objectives, so every image follows only its own objective. The first `REDIRECT_STEPS` steps
 use the redirected-ReLU gradient so that channels dead for a noise start still get a picture.
 Random draws (initial noise, transforms) come from one generator per image seeded by
@@ -22,13 +22,14 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..errors import FeatvisError
 from ..images import load_image
 from ..model import FeatvisModel, as_model
 from ..probe import Probe
 from . import transforms as tf
+from .fast_layers import fast_layers
 from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
 from .param import make_param
@@ -82,7 +83,7 @@ def render(
     ``param``: "fft" or "pixel"; ``decorrelate``: ImageNet colour decorrelation; ``valid``:
     "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" or a
     `Transforms`. ``init``: a photo (tensor or path) to start from instead of noise.
-    ``thresholds``: steps at which to keep images (the last step always). ``natural``: also
+    ``thresholds``: steps at which to keep images (0: the start; the last step always). ``natural``: also
     compute natural_max and ratio.
     """
     model = as_model(model)
@@ -93,8 +94,8 @@ def render(
     if steps < 1 or size < 8:
         raise FeatvisError(f"steps must be >= 1 and size >= 8 px, got steps={steps}, size={size}")
     keep = sorted(set(thresholds or ()) | {steps})
-    if keep[0] < 1 or keep[-1] > steps:
-        raise FeatvisError(f"thresholds must lie in 1..{steps} (the number of steps), got {list(thresholds or ())}")
+    if keep[0] < 0 or keep[-1] > steps:
+        raise FeatvisError(f"thresholds must lie in 0..{steps} (the number of steps), got {list(thresholds or ())}")
     scale = max(size, model.input_size)
     shapes = layer_shapes(model, [layer for o in objectives for layer in o.layers], scale)
     for objective in objectives:
@@ -193,7 +194,8 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
     kept: dict[int, torch.Tensor] = {}
     done, interrupted = 0, False
 
-    with _frozen(model), Probe(model, layers, early_exit=True, detach=False) if layers else contextlib.nullcontext() as probe:
+    probing = Probe(model, layers, early_exit=True, detach=False) if layers else contextlib.nullcontext()
+    with _frozen(model), fast_layers(model), probing as probe:
         def activations(images: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
             acts = probe(x.contiguous(memory_format=torch.channels_last)) if layers else {}
             return {**acts, INPUT: images}
@@ -201,6 +203,8 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
         redirect = contextlib.ExitStack()
         try:
             redirect.enter_context(redirected_relus(model))
+            if 0 in keep:
+                kept[0] = image_param().detach().cpu()
             for step in range(steps):
                 if step == REDIRECT_STEPS:
                     redirect.close()

@@ -1,0 +1,123 @@
+"""Seconds per image-step of feature visualisation on inceptionv1 mixed4a, against Lucent and the FLOP floor.
+
+Setting (the issue's): channels of mixed4a, 128 px images upsampled to 224, the article's
+transforms, FFT parameterisation with colour decorrelation; featvis at batch 1, 8 and 16.
+Side by side in the same run on the same model:
+
+- Lucent's ``render_vis`` (torch-lucent 0.1.8, given the FeatvisModel, which already takes RGB in
+  [0, 1], with ``preprocess=False``), one channel at a time as it is normally used. Lucent is
+  not a featvis dependency: install it into the environment to compare
+  (``pip install --no-deps torch-lucent==0.1.8 kornia==0.4.1 decorator`` plus ipython and
+  scikit-learn); without it that row is skipped with a message.
+- The FLOP floor: FLOPs of one forward pass up to mixed4a plus the backward pass to the input
+  (no weight gradients), counted by ``torch.utils.flop_counter``, divided by this machine's
+  float32 matmul rate measured here.
+
+featvis's first `REDIRECT_STEPS` steps use the (slower) redirected-ReLU gradient, so it is timed
+as two runs, ``REDIRECT_STEPS`` and ``REDIRECT_STEPS + steps`` long: their difference gives the
+steady per-step cost; a 512-step render is estimated as the first run plus the remaining steps.
+Run on a quiet machine; ratios from one run are what to compare.
+
+    python benchmarks/bench_render.py [--steps 30] [--lucent-steps 20] [--batches 1,8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import featvis
+from featvis.optvis import REDIRECT_STEPS, render
+from featvis.probe import Probe
+
+LAYER, SIZE, TOTAL_STEPS = "mixed4a", 128, 512
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
+    """Measured float32 matmul FLOP/s (best of a few runs of ``repeats`` products)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * n**3 / best
+
+
+def step_flops(model: featvis.FeatvisModel) -> int:
+    """FLOPs of the forward pass to mixed4a and the backward pass to a 224 px input (weights frozen)."""
+    x = torch.rand(1, 3, 224, 224, requires_grad=True)
+    with Probe(model, [LAYER], early_exit=True, detach=False) as probe, FlopCounterMode(display=False) as counter:
+        probe(x)[LAYER][:, 0].mean().backward()
+    return counter.get_total_flops()
+
+
+def time_featvis(model: featvis.FeatvisModel, batch: int, steps: int) -> tuple[float, float]:
+    """(steady seconds per image-step, estimated seconds per image-step of a 512-step render)."""
+    specs = [f"{LAYER}:{c}" for c in range(batch)]
+    run = lambda n: render(model, specs, steps=n, size=SIZE, progress=False, natural=False)  # noqa: E731
+    run(2)  # warm-up: allocator, oneDNN kernels
+    start = time.perf_counter()
+    run(REDIRECT_STEPS)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    run(REDIRECT_STEPS + steps)
+    steady = (time.perf_counter() - start - first) / steps
+    return steady / batch, (first + (TOTAL_STEPS - REDIRECT_STEPS) * steady) / TOTAL_STEPS / batch
+
+
+def time_lucent(model: featvis.FeatvisModel, steps: int) -> float | None:
+    """Seconds per image-step of Lucent's render_vis on one channel, or None when Lucent is absent."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from lucent.optvis import param, render as lucent_render
+    except ImportError as exc:
+        print(f"Lucent not installed ({exc}); skipping it. To compare: pip install --no-deps torch-lucent==0.1.8 "
+              "kornia==0.4.1 decorator, plus ipython and scikit-learn")
+        return None
+    layer = "net_" + model.resolve(LAYER).replace(".", "_")
+    run = lambda n: lucent_render.render_vis(model, f"{layer}:0", param_f=lambda: param.image(SIZE), thresholds=(n,),  # noqa: E731
+                                             preprocess=False, progress=False, show_image=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(2)
+        start = time.perf_counter()
+        run(steps)
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30, help="steady steps timed per featvis batch (default 30)")
+    parser.add_argument("--lucent-steps", type=int, default=20, help="steps timed for Lucent (default 20)")
+    parser.add_argument("--batches", default="1,8,16", help="featvis batch sizes (default 1,8,16)")
+    args = parser.parse_args()
+
+    model = featvis.load_model("inceptionv1", progress=False)
+    rate = matmul_rate()
+    flops = step_flops(model)
+    floor = flops / rate
+    print(f"machine: {torch.get_num_threads()} threads, float32 matmul {rate / 1e9:.0f} GFLOP/s; torch {torch.__version__}")
+    print(f"FLOP floor: {flops / 1e9:.2f} GFLOP per image-step (forward to {LAYER} + input gradient) -> {floor:.4f} s")
+    rows = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        rows[batch] = time_featvis(model, batch, args.steps)
+        print(f"featvis batch {batch:2d}: {rows[batch][0]:.4f} s per image-step steady, "
+              f"{rows[batch][1]:.4f} s per image-step over {TOTAL_STEPS} steps ({rows[batch][1] / floor:.2f}x floor)")
+    lucent = time_lucent(model, args.lucent_steps)
+    if lucent is not None:
+        print(f"Lucent render_vis:  {lucent:.4f} s per image-step ({lucent / floor:.2f}x floor)")
+        best = max(rows)
+        print(f"featvis batch {best} vs Lucent: {lucent / rows[best][1]:.2f}x faster per image (target >= 3.5x); "
+              f"{rows[best][1] / floor:.2f}x the floor (target <= 1.6x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""`featvis render MODEL SPEC...`: feature visualisations as PNGs, with activation and natural-photo ratio."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import FeatvisError
+from ..fileio import ensure_writable_dir
+from ..figures import grid_shape
+from ..images import load_image, save_image
+from ..optvis import parse_spec, render
+from .common import add_model_args, model_from_args, print_json
+
+GRID_GAP = 4  # px of white between images in a grid
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("render", help="feature visualisation: images that maximise units, channels, layers, classes",
+                                   description="SPEC: mixed4a:97 (channel), mixed4a:97@7,7 (neuron at row,col), -mixed4a:97 "
+                                               "(negative), mixed4a (DeepDream), fc:954 or class:banana (class logit).")
+    add_model_args(parser)
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help="what to visualise (see above)")
+    parser.add_argument("--steps", type=int, default=512, help="optimisation steps (default 512)")
+    parser.add_argument("--size", type=int, default=128, help="image side in px (default 128; the model sees >= its input size)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N", help="images per optimisation (default 16)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--param", choices=("fft", "pixel"), default="fft", help="image parameterisation (default fft)")
+    parser.add_argument("--no-decorrelate", dest="decorrelate", action="store_false", help="no ImageNet colour decorrelation")
+    parser.add_argument("--transforms", choices=("default", "none"), default="default", help="robustness transforms (default: the article's)")
+    parser.add_argument("--init", metavar="IMAGE", help="start from this photo instead of noise")
+    parser.add_argument("--thresholds", type=_steps, metavar="64,256,512", help="also save the images at these steps")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("-o", "--out", metavar="OUT.png", help="one PNG (a grid when several specs)")
+    out.add_argument("--out-dir", metavar="DIR", help="one PNG per spec in DIR")
+    parser.set_defaults(func=run)
+    # argparse reads "-mixed4a:97" as an unknown option; like a negative number, a dash followed by
+    # a letter that is no known option (-o, -h) is a negative spec here (set after the options are added)
+    parser._negative_number_matcher = re.compile(r"^-(\d|\.\d|[A-Za-z_])")
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step numbers like 64,256,512, got '{text}'") from None
+
+
+def slug(spec: str) -> str:
+    """A file name stem for a spec: ``-mixed4a:97@7,7`` -> ``neg_mixed4a_97_7_7``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"^-", "neg_", spec.strip())).strip("_") or "spec"
+
+
+def image_grid(images: list[torch.Tensor]) -> torch.Tensor:
+    """Images [3, s, s] side by side on white in a near-square grid."""
+    rows, cols = grid_shape(len(images))
+    side = images[0].shape[-1] + GRID_GAP
+    grid = torch.ones(3, rows * side - GRID_GAP, cols * side - GRID_GAP)
+    for i, image in enumerate(images):
+        top, left = (i // cols) * side, (i % cols) * side
+        grid[:, top : top + image.shape[1], left : left + image.shape[2]] = image
+    return grid
+
+
+def _paths(args: argparse.Namespace) -> list[Path]:
+    """Final output path per spec (unique names in --out-dir); checks the folder is writable first."""
+    if args.out:
+        out = Path(args.out)
+        ensure_writable_dir(out.parent if str(out.parent) else ".")
+        return [out] * len(args.specs)
+    folder = ensure_writable_dir(args.out_dir)
+    seen: dict[str, int] = {}
+    paths = []
+    for spec in args.specs:
+        stem = slug(spec)
+        seen[stem] = seen.get(stem, 0) + 1
+        paths.append(folder / (f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png"))
+    return paths
+
+
+def _at_step(path: Path, step: int) -> Path:
+    return path.with_name(f"{path.stem}-step{step}{path.suffix or '.png'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    init = load_image(args.init) if args.init else None
+    paths = _paths(args)
+    model = model_from_args(args)
+    objectives = [parse_spec(model, spec) for spec in args.specs]  # every spec checked before any optimisation
+    results = render(model, objectives, steps=args.steps, size=args.size, batch=args.batch, seed=args.seed, param=args.param,
+                     decorrelate=args.decorrelate, transforms=args.transforms, init=init, thresholds=args.thresholds,
+                     progress=sys.stderr.isatty())
+    interrupted = len(results) < len(args.specs) or any(r.interrupted for r in results)
+    if args.out:  # a threshold grid only where every image reached that step
+        steps = set.intersection(*(set(r.images) for r in results)) - {results[0].steps}
+        for step in sorted(steps):
+            save_image(image_grid([r.images[step] for r in results]), _at_step(paths[0], step))
+        save_image(image_grid([r.image for r in results]), paths[0])
+    else:
+        for path, result in zip(paths, results):
+            for step in sorted(set(result.images) - {result.steps}):
+                save_image(result.images[step], _at_step(path, step))
+            save_image(result.image, path)
+    rows = [{"spec": spec, "path": str(path), "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio}
+            for spec, path, r in zip(args.specs, paths, results)]
+    if args.json:
+        print_json(rows)
+        return 130 if interrupted else 0
+    for row in rows:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        natural = "-" if row["natural_max"] is None else f"{row['natural_max']:.4g}"
+        print(f"{row['spec']}: activation {row['activation']:.4g}, natural max {natural}, ratio {ratio} -> {row['path']}")
+    if interrupted:
+        print(f"featvis: interrupted after {min(r.steps for r in results)} steps; saved the images so far", file=sys.stderr)
+        return 130
+    return 0

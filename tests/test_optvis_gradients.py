@@ -1,0 +1,84 @@
+"""The deliberate gradient alteration (redirected ReLU) and the exact fast LRN, checked with check_gradients."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from featvis.gradcheck import EXPECTED_GRADIENT, FINITE_DIFFERENCES, check_gradients
+from featvis.optvis import RedirectedReLU, redirected_relus
+from featvis.optvis.fast_layers import fast_layers, local_response_norm
+
+
+def _documented_redirect(inputs, grad):
+    """The alteration as the redirected_relu docstring states it, written independently."""
+    (x,) = inputs
+    ordinary = grad * (x > 0)
+    redirected = grad * ((x >= 0) | (grad <= 0))
+    dead = [bool((ordinary[b] == 0).all()) for b in range(x.shape[0])]
+    return torch.stack([redirected[b] if dead[b] else ordinary[b] for b in range(x.shape[0])])
+
+
+def test_redirected_relu_gradient_is_exactly_the_documented_alteration():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    x[1] = -x[1].abs() - 0.1  # element 1: ReLU is zero everywhere, the ordinary gradient vanishes
+    x.requires_grad_()
+    report = check_gradients(RedirectedReLU.apply, x, expected_grad=_documented_redirect)
+    assert report.passed, str(report)
+    rows = {row.against: row for row in report.comparisons}
+    assert rows[EXPECTED_GRADIENT].counted and rows[EXPECTED_GRADIENT].max_abs_error < 1e-12
+    # finite differences see the true ReLU: they agree on elements 0 and 2 and disagree on element 1
+    assert not rows[FINITE_DIFFERENCES].counted and not rows[FINITE_DIFFERENCES].passed
+    live = check_gradients(RedirectedReLU.apply, x[[0, 2]].detach().requires_grad_())
+    assert live.passed, str(live)
+
+
+def test_redirected_gradient_pushes_dead_units_up():
+    x = torch.full((1, 2, 3, 3), -1.0, requires_grad=True)
+    y = RedirectedReLU.apply(x)
+    assert torch.equal(y, torch.zeros_like(y))
+    (-y[:, 1].sum()).backward()  # minimise -activation of channel 1: gradient descent must raise x[:, 1]
+    assert (x.grad[:, 1] < 0).all() and (x.grad[:, 0] == 0).all()
+    x.grad = None
+    y = RedirectedReLU.apply(x)
+    y[:, 1].sum().backward()  # pushing an already negative unit further down: blocked
+    assert (x.grad == 0).all()
+
+
+def test_relu_modules_are_patched_only_inside_the_block():
+    relu = nn.ReLU()
+    hits = []
+    relu.register_forward_hook(lambda *args: hits.append(1))
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), relu)
+    x = torch.randn(1, 3, 2, 2)
+    with redirected_relus(net) as count:
+        assert count == 1 and net(x).grad_fn.name() == "RedirectedReLUBackward"
+    assert net(x).grad_fn.name() == "ReluBackward0" and "forward" not in relu.__dict__ and len(hits) == 2
+    try:
+        with redirected_relus(net):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert "forward" not in relu.__dict__
+
+
+def test_fast_local_response_norm_equals_pytorch():
+    torch.manual_seed(1)
+    for size, alpha, beta, k in [(5, 1e-4, 0.75, 1.0), (4, 1e-2, 0.6, 2.0), (3, 0.3, 1.1, 0.5)]:
+        x = (torch.randn(2, 9, 4, 3, dtype=torch.float64) * 8).requires_grad_()
+        reference = nn.LocalResponseNorm(size, alpha, beta, k).double()
+        assert torch.allclose(local_response_norm(x, size, alpha, beta, k), reference(x), rtol=1e-10, atol=1e-12)
+        report = check_gradients(lambda t: local_response_norm(t, size, alpha, beta, k), x)
+        assert report.passed, str(report)
+        g = torch.randn(2, 9, 4, 3, dtype=torch.float64)
+        ours, = torch.autograd.grad(local_response_norm(x, size, alpha, beta, k), x, g)
+        theirs, = torch.autograd.grad(reference(x), x, g)
+        assert torch.allclose(ours, theirs, rtol=1e-9, atol=1e-12)
+    lrn = nn.LocalResponseNorm(5)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), lrn)
+    x = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    with fast_layers(net) as count:
+        fast = net(x)
+        assert count == 1 and fast.grad_fn.name() == "_LocalResponseNormBackward"
+    assert torch.allclose(fast, net(x), atol=1e-6) and "forward" not in lrn.__dict__

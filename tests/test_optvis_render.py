@@ -1,0 +1,151 @@
+"""Rendering: it maximises, beats natural photos, gives dead channels a picture, is deterministic,
+batches without cross-talk, stops cleanly on Ctrl-C and checks its input before optimising."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import featvis
+from featvis.errors import FeatvisError
+from featvis.images import png_bytes
+from featvis.optvis import Objective, channel, diversity, natural_max, render
+from featvis.optvis.transforms import resize
+
+rendering = __import__("featvis.optvis.rendering", fromlist=["REDIRECT_STEPS"])
+
+
+def _small_model() -> featvis.FeatvisModel:
+    """A tiny CNN whose relu2 channel 5 is zero everywhere for every noise start (its bias is too low)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 8, 3, padding=1), relu1=nn.ReLU(), pool=nn.MaxPool2d(2),
+                                    lrn=nn.LocalResponseNorm(3), conv2=nn.Conv2d(8, 6, 3, padding=1), relu2=nn.ReLU()))
+    with torch.no_grad():
+        net.conv2.bias[5] -= 0.3
+    return featvis.as_model(net, input_size=32)
+
+
+def _channel_mean(model, image: torch.Tensor, layer: str, c: int, size: int) -> float:
+    """The channel objective measured independently: a plain forward pass and a mean."""
+    with torch.no_grad():
+        return float(featvis.capture(model, resize(image[None], size), [layer])[layer][0, c].mean())
+
+
+def test_render_raises_the_channel_far_above_its_start_and_above_natural_photos(inceptionv1):
+    (result,) = render(inceptionv1, ["mixed3a:15"], steps=40, size=64, thresholds=[1], progress=False)
+    start = _channel_mean(inceptionv1, result.images[1], "mixed3a", 15, 224)
+    final = _channel_mean(inceptionv1, result.image, "mixed3a", 15, 224)
+    assert result.activation == pytest.approx(final, rel=1e-4)
+    assert final > 10 * max(start, 1e-3) and result.ratio > 1
+    assert result.natural_max == pytest.approx(natural_max(inceptionv1, "mixed3a:15"), rel=1e-6)
+    assert result.ratio == pytest.approx(result.activation / result.natural_max)
+    assert result.image.shape == (3, 64, 64) and 0 <= result.image.min() and result.image.max() <= 1
+    assert sorted(result.images) == [1, 40] and torch.equal(result.images[40], result.image) and result.steps == 40
+
+
+def test_channel_dead_for_a_noise_start_still_gets_a_picture(inceptionv1, monkeypatch):
+    """mixed4a:0 is zero everywhere for the noise start; plain gradient ascent leaves it flat."""
+    (result,) = render(inceptionv1, ["mixed4a:0"], steps=24, size=48, thresholds=[0], progress=False, natural=False)
+    assert _channel_mean(inceptionv1, result.images[0], "mixed4a", 0, 224) == 0.0
+    assert result.activation > 1.0 and result.image.std() > 0.05
+    monkeypatch.setattr(rendering, "REDIRECT_STEPS", 0)
+    (plain,) = render(inceptionv1, ["mixed4a:0"], steps=24, size=48, progress=False, natural=False)
+    assert plain.activation == 0.0 and plain.image.std() < 0.02  # the flat grey image Lucent returns
+
+
+def test_dead_channel_of_a_small_model(monkeypatch):
+    model = _small_model()
+    (rescued,) = render(model, ["relu2:5"], steps=30, size=32, progress=False, natural=False)
+    monkeypatch.setattr(rendering, "REDIRECT_STEPS", 0)
+    (flat,) = render(model, ["relu2:5"], steps=30, size=32, progress=False, natural=False)
+    assert rescued.activation > 0 and rescued.image.std() > 0.05
+    assert flat.activation == 0 and flat.image.std() < 0.01
+
+
+def test_same_seed_same_png_bytes(inceptionv1, tmp_path):
+    first = render(inceptionv1, ["mixed3a:3", "mixed3a:7@10,10"], steps=3, size=48, seed=5, progress=False, natural=False)
+    second = render(inceptionv1, ["mixed3a:3", "mixed3a:7@10,10"], steps=3, size=48, seed=5, progress=False, natural=False)
+    other = render(inceptionv1, ["mixed3a:3"], steps=3, size=48, seed=6, progress=False, natural=False)
+    featvis.save_image(first[0].image, tmp_path / "a.png")
+    featvis.save_image(second[0].image, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert png_bytes(first[1].image) == png_bytes(second[1].image) and png_bytes(other[0].image) != png_bytes(first[0].image)
+
+
+def test_a_batch_renders_what_separate_renders_do():
+    model = _small_model()
+    specs = ["relu2:0", "relu2:3", "conv2:1@4,4", "-relu2:2"]
+    together = render(model, specs, steps=12, size=32, progress=False, natural=False)
+    for spec, result in zip(specs, together):
+        (alone,) = render(model, [spec], steps=12, size=32, progress=False, natural=False)
+        assert result.spec == spec and torch.allclose(result.image, alone.image, atol=1e-4)
+        assert result.activation == pytest.approx(alone.activation, rel=1e-4, abs=1e-5)
+    split = render(model, specs, steps=12, size=32, batch=3, progress=False, natural=False)
+    assert all(torch.allclose(a.image, b.image, atol=1e-4) for a, b in zip(together, split))
+
+
+def test_ctrl_c_returns_the_images_so_far():
+    model = _small_model()
+    calls = []
+    base = channel("relu2", 1)
+
+    def stop_at_fourth(acts):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return base(acts)
+
+    objective = Objective(stop_at_fourth, "stopper", base.layers)
+    results = render(model, [objective, "relu2:2"], steps=50, size=32, batch=1, thresholds=[2, 40], progress=False, natural=False)
+    assert len(results) == 1 and results[0].interrupted and results[0].steps == 3
+    assert sorted(results[0].images) == [2, 3] and torch.equal(results[0].images[3], results[0].image)
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert all("forward" not in m.__dict__ for m in relus)
+
+
+def test_model_is_frozen_during_and_restored_after():
+    model = _small_model()
+    model.train()
+    seen = []
+    probe = channel("relu2", 0)
+    objective = Objective(lambda acts: (seen.append((model.training, [p.requires_grad for p in model.parameters()])), probe(acts))[1],
+                          "watch", probe.layers)
+    render(model, [objective], steps=2, size=32, progress=False, natural=False)
+    assert seen[0] == (False, [False] * 4)
+    assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_multi_image_objectives_and_photo_start(coffee):
+    model = _small_model()
+    results = render(model, [channel("relu2", 0) + 10 * diversity("relu2", images=3), "relu2:1"], steps=5, size=32,
+                     progress=False)
+    assert [(r.index, r.natural_max is None) for r in results] == [(0, True), (1, True), (2, True), (0, False)]
+    assert not torch.equal(results[0].image, results[1].image)
+    (started,) = render(model, ["relu2:0"], steps=1, size=32, init=coffee, transforms="none", progress=False, natural=False)
+    photo = resize(coffee[None, :, :, 100:500], 32)[0]
+    assert torch.corrcoef(torch.stack([started.image.flatten(), photo.flatten()]))[0, 1] > 0.95
+
+
+def test_bad_input_is_refused_before_any_optimisation():
+    model = _small_model()
+    calls = []
+    watch = Objective(lambda acts: calls.append(1) or acts["relu2"][:, 0].mean((1, 2)), "watch", ["relu2"])
+    for specs, kwargs, message in [
+        ([watch, "relu2:9"], {}, "channel 9 is out of range for relu2"),
+        ([watch, "relu3:1"], {}, "closest: relu2"),
+        ([watch], {"thresholds": [-1, 5]}, "thresholds must lie in 0..5"),
+        ([watch], {"size": 4}, "size >= 8 px"),
+        ([watch], {"param": "dct"}, "unknown parameterisation 'dct'"),
+        ([watch], {"transforms": "random"}, "unknown transforms 'random'"),
+        ([watch, channel("relu2", 0, batch=1) * channel("conv1", 99)], {}, "channel 99 is out of range for conv1"),
+        ([], {}, "no specs given"),
+    ]:
+        with pytest.raises(FeatvisError, match=message):
+            render(model, specs, **{"steps": 5, "size": 32, "progress": False, "natural": False, **kwargs})
+    tiny = featvis.as_model(nn.Sequential(nn.Conv2d(3, 2, 9), nn.ReLU(), nn.Conv2d(2, 2, 9)), input_size=8)
+    with pytest.raises(FeatvisError, match="image size 8 px is too small for 2"):
+        render(tiny, ["2:0"], steps=5, size=8, progress=False)
+    assert calls == []

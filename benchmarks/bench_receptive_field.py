@@ -5,7 +5,7 @@ so it costs about as much as Python's part of a forward pass, whatever the image
 side by side in one run: the analysis of all layers, and for scale one real forward pass of the
 same model on one image of the same size (float32, no gradients).
 
-    python benchmarks/bench_receptive_field.py [--repeat 5] [--size 224]
+    python benchmarks/bench_receptive_field.py [--repeat 5] [--size 224] [--threads 1]
 
 Target (issue 4): all layers of inceptionv1 well under a second.
 """
@@ -39,7 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--size", type=int, default=224, help="input side in pixels")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one gives steady timings on a shared CPU)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     models = {
         "inceptionv1": featvis.FeatvisModel(InceptionV1(), name="inceptionv1", aliases=LUCID_ALIASES),  # weights do not matter
         "torchvision:resnet18": featvis.as_model(torchvision.models.resnet18()),

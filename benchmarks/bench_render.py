@@ -16,7 +16,9 @@ Side by side in the same run on the same model:
 featvis's first `REDIRECT_STEPS` steps use the (slower) redirected-ReLU gradient, so it is timed
 as two runs, ``REDIRECT_STEPS`` and ``REDIRECT_STEPS + steps`` long: their difference gives the
 steady per-step cost; a 512-step render is estimated as the first run plus the remaining steps.
-Run on a quiet machine; ratios from one run are what to compare.
+Every figure is given twice: wall-clock seconds, and CPU seconds (process time, all threads),
+which other processes on a shared machine disturb much less; the ratios use one or the other
+throughout. Run on a quiet machine; ratios from one run are what to compare.
 
     python benchmarks/bench_render.py [--steps 30] [--lucent-steps 20] [--batches 1,8,16]
 """
@@ -37,17 +39,21 @@ from featvis.probe import Probe
 LAYER, SIZE, TOTAL_STEPS = "mixed4a", 128, 512
 
 
-def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
-    """Measured float32 matmul FLOP/s (best of a few runs of ``repeats`` products)."""
+Timing = tuple[float, float]  # (wall seconds, CPU seconds)
+
+
+def timed(fn) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10) -> Timing:
+    """Float32 matmul FLOP per wall second and per CPU second (best of three runs)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * n**3 / best
+    runs = [timed(lambda: [a @ b for _ in range(repeats)]) for _ in range(3)]
+    return tuple(2 * n**3 * repeats / min(r[i] for r in runs) for i in (0, 1))  # type: ignore[return-value]
 
 
 def step_flops(model: featvis.FeatvisModel) -> int:
@@ -58,22 +64,19 @@ def step_flops(model: featvis.FeatvisModel) -> int:
     return counter.get_total_flops()
 
 
-def time_featvis(model: featvis.FeatvisModel, batch: int, steps: int) -> tuple[float, float]:
-    """(steady seconds per image-step, estimated seconds per image-step of a 512-step render)."""
+def time_featvis(model: featvis.FeatvisModel, batch: int, steps: int) -> Timing:
+    """Estimated (wall, CPU) seconds per image-step of a 512-step render of ``batch`` channels."""
     specs = [f"{LAYER}:{c}" for c in range(batch)]
-    run = lambda n: render(model, specs, steps=n, size=SIZE, progress=False, natural=False)  # noqa: E731
-    run(2)  # warm-up: allocator, oneDNN kernels
-    start = time.perf_counter()
-    run(REDIRECT_STEPS)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    run(REDIRECT_STEPS + steps)
-    steady = (time.perf_counter() - start - first) / steps
-    return steady / batch, (first + (TOTAL_STEPS - REDIRECT_STEPS) * steady) / TOTAL_STEPS / batch
+    run = lambda n: lambda: render(model, specs, steps=n, size=SIZE, progress=False, natural=False)  # noqa: E731
+    run(2)()  # warm-up: allocator, oneDNN kernels
+    first = timed(run(REDIRECT_STEPS))
+    longer = timed(run(REDIRECT_STEPS + steps))
+    return tuple((f + (TOTAL_STEPS - REDIRECT_STEPS) * (t - f) / steps) / TOTAL_STEPS / batch  # type: ignore[return-value]
+                 for f, t in zip(first, longer))
 
 
-def time_lucent(model: featvis.FeatvisModel, steps: int) -> float | None:
-    """Seconds per image-step of Lucent's render_vis on one channel, or None when Lucent is absent."""
+def time_lucent(model: featvis.FeatvisModel, steps: int) -> Timing | None:
+    """(wall, CPU) seconds per image-step of Lucent's render_vis on one channel, or None when Lucent is absent."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -83,14 +86,16 @@ def time_lucent(model: featvis.FeatvisModel, steps: int) -> float | None:
               "kornia==0.4.1 decorator, plus ipython and scikit-learn")
         return None
     layer = "net_" + model.resolve(LAYER).replace(".", "_")
-    run = lambda n: lucent_render.render_vis(model, f"{layer}:0", param_f=lambda: param.image(SIZE), thresholds=(n,),  # noqa: E731
-                                             preprocess=False, progress=False, show_image=False)
+    run = lambda n: lambda: lucent_render.render_vis(model, f"{layer}:0", param_f=lambda: param.image(SIZE),  # noqa: E731
+                                                     thresholds=(n,), preprocess=False, progress=False, show_image=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run(2)
-        start = time.perf_counter()
-        run(steps)
-    return (time.perf_counter() - start) / steps
+        run(2)()
+        return tuple(t / steps for t in timed(run(steps)))  # type: ignore[return-value]
+
+
+def _row(name: str, t: Timing, floor: Timing) -> str:
+    return f"{name:<22s} wall {t[0]:.4f} s ({t[0] / floor[0]:5.2f}x floor)   CPU {t[1]:.4f} s ({t[1] / floor[1]:5.2f}x floor)"
 
 
 def main() -> None:
@@ -103,20 +108,23 @@ def main() -> None:
     model = featvis.load_model("inceptionv1", progress=False)
     rate = matmul_rate()
     flops = step_flops(model)
-    floor = flops / rate
-    print(f"machine: {torch.get_num_threads()} threads, float32 matmul {rate / 1e9:.0f} GFLOP/s; torch {torch.__version__}")
-    print(f"FLOP floor: {flops / 1e9:.2f} GFLOP per image-step (forward to {LAYER} + input gradient) -> {floor:.4f} s")
+    floor = (flops / rate[0], flops / rate[1])
+    print(f"machine: {torch.get_num_threads()} threads, float32 matmul {rate[0] / 1e9:.0f} GFLOP per wall s, "
+          f"{rate[1] / 1e9:.0f} GFLOP per CPU s; torch {torch.__version__}")
+    print(f"FLOP floor: {flops / 1e9:.2f} GFLOP per image-step (forward to {LAYER} + input gradient)")
+    print("seconds per image-step (featvis: estimated for a 512-step render)")
+    print(_row("FLOP floor", floor, floor))
     rows = {}
     for batch in (int(b) for b in args.batches.split(",")):
         rows[batch] = time_featvis(model, batch, args.steps)
-        print(f"featvis batch {batch:2d}: {rows[batch][0]:.4f} s per image-step steady, "
-              f"{rows[batch][1]:.4f} s per image-step over {TOTAL_STEPS} steps ({rows[batch][1] / floor:.2f}x floor)")
+        print(_row(f"featvis batch {batch}", rows[batch], floor))
     lucent = time_lucent(model, args.lucent_steps)
     if lucent is not None:
-        print(f"Lucent render_vis:  {lucent:.4f} s per image-step ({lucent / floor:.2f}x floor)")
+        print(_row("Lucent render_vis", lucent, floor))
         best = max(rows)
-        print(f"featvis batch {best} vs Lucent: {lucent / rows[best][1]:.2f}x faster per image (target >= 3.5x); "
-              f"{rows[best][1] / floor:.2f}x the floor (target <= 1.6x)")
+        print(f"featvis batch {best} is {lucent[0] / rows[best][0]:.2f}x (wall) / {lucent[1] / rows[best][1]:.2f}x (CPU) "
+              f"faster than Lucent per image (target >= 3.5x) and {rows[best][0] / floor[0]:.2f}x / "
+              f"{rows[best][1] / floor[1]:.2f}x the floor (target <= 1.6x)")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ class EffectiveField:
     @property
     def center(self) -> tuple[float, float]:
         """Input-space centre of the unit's theoretical field (pixel indices)."""
-        if self.theoretical.stride == (0, 0):
-            return tuple((n - 1) / 2 for n in self.gradient.shape)
+        if self.theoretical.stride in (None, (0, 0)):  # no single formula: the centre of what it sees
+            return self.theoretical.visible(self.unit).center
         return self.theoretical.center(self.unit)
 
     @property
@@ -146,7 +146,9 @@ def effective_receptive_field(
         inputs = torch.rand(samples, 3, size, size, generator=generator)
         source = "noise"
     theory = receptive_field(fmodel, layer, input_size=size)
-    unit = _centre_unit(theory)
+    if theory.unanalysed and not theory.spans:
+        theory.region((0, 0))  # raises the error that names what featvis cannot analyse
+    unit = theory.central_unit()
     total = torch.zeros(size, size, dtype=torch.float64)
     with Probe(fmodel, [layer], early_exit=True, detach=False) as probe:
         for start in range(0, len(inputs), batch):
@@ -156,18 +158,6 @@ def effective_receptive_field(
             (grad,) = torch.autograd.grad(target.sum(), x)  # samples are independent: one backward for the batch
             total += grad.abs().sum(1).sum(0).double().cpu()
     return EffectiveField(layer, unit, (total / len(inputs)).float(), theory, source, len(inputs), mass)
-
-
-def _centre_unit(theory: ReceptiveField) -> tuple[int, int]:
-    """The unit whose field centre is nearest the image centre ((0, 0) when every unit sees the same)."""
-    if theory.unanalysed and not theory.spans:
-        theory.region((0, 0))  # raises the error naming what featvis cannot analyse
-    if theory.stride in (None, (0, 0)):
-        return tuple((n - 1) // 2 for n in theory.output_shape[1:])
-    return tuple(
-        min(max(round(((n - 1) / 2 - c) / s), 0), units - 1)
-        for n, c, s, units in zip(theory.input_size, theory.center0, theory.stride, theory.output_shape[1:])
-    )
 
 
 def effective_field_figure(erf: EffectiveField, model_name: str = "") -> Figure:
@@ -190,7 +180,8 @@ def effective_field_figure(erf: EffectiveField, model_name: str = "") -> Figure:
         offsets = np.arange(len(marginal)) - (cy, cx)[axis]
         profile_ax.plot(offsets, marginal / marginal.sum(), color=colour, label=f"gradient mass along {name}")
     half_theory = (theory.y0 - cy, theory.y1 - 1 - cy)
-    profile_ax.axvspan(*half_theory, color="cyan", alpha=0.15, label=f"theoretical field ({erf.theoretical.size[0] if erf.theoretical.size else '?'} px)")
+    r = erf.theoretical.size[0] if erf.theoretical.size else "?"
+    profile_ax.axvspan(*half_theory, color="cyan", alpha=0.15, label=f"theoretical field ({r} px)")
     profile_ax.axvline(-erf.half_width, color="grey", linestyle="--")
     profile_ax.axvline(erf.half_width, color="grey", linestyle="--", label=f"effective size {erf.size:.0f} px")
     profile_ax.set_xlabel("offset from the unit's centre (px)", fontsize=PANEL_TITLE_SIZE)

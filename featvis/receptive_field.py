@@ -21,8 +21,10 @@ field of the result; forward hooks read the field of each module's output.
   *constant* axis (stride 0): every unit sees the same pixels, normally the full input.
 - An operation without a rule is named in ``ReceptiveField.unanalysed`` instead of producing a
   number; ``register_rule`` teaches featvis the geometry of your own layer types.
-- Padding is treated as zero padding (Araujo et al.'s model). With reflect/replicate padding the
-  numbers hold for units whose field lies inside the image.
+- ``(r, S, P)`` use Araujo et al.'s model of padding (zeros beyond the border). Alongside them
+  every unit carries the exact range of pixels it depends on (``ReceptiveField.visible``): at
+  the borders that leaves out windows reaching into padding and pixels past the last window of
+  a strided layer, and follows reflect/replicate/circular padding.
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ class ReceptiveField:
         _, height, width = self.output_shape
         if not (0 <= y < height and 0 <= x < width):
             raise FeatvisError(
-                f"unit ({y}, {x}) is outside layer '{self.layer}' ({height}x{width} units); use 0 <= y < {height} and 0 <= x < {width}"
+                f"unit ({y}, {x}) is outside layer '{self.layer}' ({height}x{width} units); "
+                f"use 0 <= y < {height} and 0 <= x < {width}"
             )
         return y, x
 
@@ -155,6 +158,13 @@ class ReceptiveField:
         self._require_spans()
         (y0, y1), (x0, x1) = (self.spans[axis][index] for axis, index in enumerate(self._unit(unit_yx)))
         return Box(y0, x0, y1, x1) if y1 > y0 and x1 > x0 else Box(0, 0, 0, 0)
+
+    def central_unit(self) -> tuple[int, int]:
+        """The unit whose field is centred nearest the image centre (the middle unit when all see the same)."""
+        if self.stride is None:
+            return tuple((n - 1) // 2 for n in self.output_shape[1:])
+        return tuple(min(max(round(((n - 1) / 2 - c) / s), 0), units - 1) if s else (units - 1) // 2
+                     for n, c, s, units in zip(self.input_size, self.center0, self.stride, self.output_shape[1:]))
 
     def center(self, unit_yx: Sequence[int]) -> tuple[float, float]:
         """Input-space centre (pixel indices) of unit ``(y, x)``'s field."""
@@ -266,7 +276,8 @@ class _Axis:
     def window(self, kernel: int, stride: int, pad_before: int, dilation: int, units: int) -> "_Axis":
         taps = stride * np.arange(units)[:, None] - pad_before + dilation * np.arange(kernel)
         reach = dilation * (kernel - 1)
-        return self.gather(taps, self.stride * stride, self.lo - self.stride * pad_before, self.hi + self.stride * (reach - pad_before))
+        lo, hi = self.lo - self.stride * pad_before, self.hi + self.stride * (reach - pad_before)
+        return self.gather(taps, self.stride * stride, lo, hi)
 
     def reindex(self, index: np.ndarray, offset: int, step: int = 1) -> "_Axis":
         """Unit j becomes old unit ``index[j]``, about ``offset + step*j`` (slicing, cropping, padding)."""
@@ -416,7 +427,8 @@ def _window(op: _Op, kernel: Sequence[int], stride: Sequence[int], padding: Sequ
     units = next(_tensors(op.out)).shape[-2:]
     if state.dims != (-2, -1):
         if all(a.stride == 0 for a in state.axes):  # every unit already sees the same pixels
-            axes = tuple(_Axis(0, a.lo, a.hi, np.full(n, a.first.min()), np.full(n, a.last.max())) for a, n in zip(state.axes, units))
+            axes = tuple(_Axis(0, a.lo, a.hi, np.full(n, a.first.min()), np.full(n, a.last.max()))
+                         for a, n in zip(state.axes, units))
             return _Local((-2, -1), axes, state.aligned)  # regular again
         return op.unknown("its window runs over non-spatial dims")
     axes = tuple(a.window(*geometry) for a, *geometry in zip(state.axes, kernel, stride, padding, dilation, units))
@@ -570,7 +582,7 @@ def _permute(op: _Op) -> Any:
     ndim = op.source.dim()
     if op.name == "permute":
         order = list(op.args[1:]) if len(op.args) > 2 or isinstance(op.arg(1, "dims"), int) else list(op.arg(1, "dims"))
-    elif op.name in ("t", "mT"):
+    elif op.name == "t":
         order = list(range(ndim - 2)) + [ndim - 1, ndim - 2] if ndim >= 2 else [0]
     elif op.name in ("movedim", "moveaxis"):
         source, target = op.arg(1, "source"), op.arg(2, "destination")
@@ -637,6 +649,17 @@ def _getitem(op: _Op) -> Any:
         in_dim += item is not None
     out_ndim = op.out.dim()
     return replace(state, dims=tuple(None if d is None else d - out_ndim for d in dims), axes=tuple(axes))
+
+
+def _setitem(op: _Op) -> Any:
+    """``x[index] = value`` (in place): fine along channels, unknown when it writes part of a map."""
+    state, src = op.state, op.source
+    index = op.arg(1, "index")
+    if isinstance(state, _Local):
+        spatial = [d for d in state.positive_dims(src.dim()) if d is not None]
+        if len(index if isinstance(index, tuple) else (index,)) > min(spatial, default=src.dim()):
+            return op.unknown("writes into part of a map")  # the index reaches a spatial dim
+    return _union(op, op.inputs)
 
 
 def _narrow(op: _Op) -> Any:
@@ -709,7 +732,9 @@ hardshrink softshrink dropout dropout1d dropout2d dropout3d alpha_dropout featur
 local_response_norm contiguous clone detach to type float double half bfloat16 cpu cuda requires_grad masked_fill sign
 reciprocal erf sin cos lerp addcmul addcdiv copy type_as nan_to_num
 """.split()
-_INDEPENDENT = "zeros_like ones_like empty_like full_like rand_like randn_like randint_like new_zeros new_ones new_empty new_full new_tensor"
+_INDEPENDENT = """
+zeros_like ones_like empty_like full_like rand_like randn_like randint_like new_zeros new_ones new_empty new_full new_tensor
+"""
 _REDUCTIONS = "mean sum amax amin max min logsumexp prod median nansum nanmean argmax argmin all any"
 
 _RULES: dict[str, Callable[[_Op], Any]] = {
@@ -732,9 +757,9 @@ _RULES: dict[str, Callable[[_Op], Any]] = {
     "group_norm": _per_sample_norm, "instance_norm": _per_sample_norm,
     **dict.fromkeys(("cat", "concat", "concatenate", "stack"), _cat),
     "unsqueeze": _unsqueeze, "squeeze": _squeeze,
-    **dict.fromkeys(("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "mT"), _permute),
+    **dict.fromkeys(("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"), _permute),
     **dict.fromkeys(("view", "reshape", "flatten", "view_as", "reshape_as"), _reshape),
-    "getitem": _getitem, "narrow": _narrow, "pad": _pad,
+    "getitem": _getitem, "setitem": _setitem, "narrow": _narrow, "pad": _pad,
     **dict.fromkeys(("split", "chunk", "tensor_split", "unbind"), _split),
     "flip": _flip, "expand": _expand, "expand_as": _expand,
 }
@@ -746,8 +771,8 @@ def _module_rule(op: _Op, rule: Rule, module: nn.Module) -> Any:
     if geometry == GLOBAL:
         out = next(_tensors(op.out))
         units = tuple(out.shape[-2:]) if out.dim() >= 3 else (1, 1)
-        return _Local((-2, -1) if out.dim() >= 3 else (None, None),
-                      tuple(_Axis(0, 0, n - 1, np.zeros(u, np.int64), np.full(u, n - 1)) for n, u in zip(op.tracer.input_size, units)))
+        axes = tuple(_Axis(0, 0, n - 1, np.zeros(u, np.int64), np.full(u, n - 1)) for n, u in zip(op.tracer.input_size, units))
+        return _Local((-2, -1) if out.dim() >= 3 else (None, None), axes)
     if not isinstance(geometry, Window):
         raise FeatvisError(f"the rule for {type(module).__name__} returned {geometry!r}; return a Window, POINTWISE or GLOBAL")
     kernel = shapes.positive_pair(geometry.kernel, "kernel")
@@ -772,7 +797,7 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if not self.opaque:
-            outputs = list(_tensors(out))
+            outputs = list(_tensors(out)) or ([args[0]] if _op_name(func) == "setitem" else [])  # in place, returns None
             if outputs:
                 op = _Op(self, func, args, kwargs, out)
                 if op.inputs:
@@ -816,7 +841,9 @@ def _trace(model: FeatvisModel, size: tuple[int, int]) -> dict[str, tuple[Any, t
                 return _trace_once(model, size, meta=False)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FeatvisError(f"{model.name} cannot run on a {size[0]}x{size[1]} input ({reason}); try a larger input size") from None
+        raise FeatvisError(
+            f"{model.name} cannot run on a {size[0]}x{size[1]} input ({reason}); try a larger input size"
+        ) from None
     finally:
         for module, training in modes.items():
             module.training = training
@@ -865,7 +892,8 @@ def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool) -> dict[
         with tracer:
             if meta:
                 tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-                torch.func.functional_call(model, {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}, (image,))
+                shapes_only = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
+                torch.func.functional_call(model, shapes_only, (image,))
             else:
                 model(image)
     finally:
@@ -913,7 +941,9 @@ def _result(layer: str, path: str, state: Any, shape: tuple[int, ...], size: tup
     )
 
 
-def receptive_fields(model: nn.Module, layers: Sequence[str] | None = None, input_size: int | Sequence[int] | None = None) -> list[ReceptiveField]:
+def receptive_fields(
+    model: nn.Module, layers: Sequence[str] | None = None, input_size: int | Sequence[int] | None = None
+) -> list[ReceptiveField]:
     """Receptive fields of ``layers`` (names or aliases, in that order; None: every layer that runs).
 
     ``model`` is a ``FeatvisModel`` or any ``nn.Module`` taking RGB images; ``input_size`` (int or

@@ -96,6 +96,7 @@ def reduce_map(attribution: torch.Tensor, absolute: bool) -> torch.Tensor:
 
 
 def check_method(method: str) -> str:
+    """``method`` if it is one of ``METHODS``, else a FeatvisError listing them."""
     if method not in METHODS:
         raise FeatvisError(f"unknown saliency method '{method}'; use one of {', '.join(METHODS)}")
     return method
@@ -152,10 +153,12 @@ def attribute(
 ) -> torch.Tensor:
     """Attribution [C, H, W] of class ``target`` for the model input ``x`` [1, 3, H, W].
 
-    ``steps``/``internal_batch_size``: integrated gradients; ``samples``/``noise`` (a fraction
-    of the input's value range): SmoothGrad; ``window``/``stride`` (default size/7, size/14)
-    and ``baseline`` (grey level of the patch): occlusion; ``baseline`` is also the
-    integrated-gradients baseline colour. Grad-CAM uses ``layer`` (default: the last spatial).
+    C is 3 for per-pixel methods and 1 for Grad-CAM and occlusion. ``steps``: integrated
+    gradients; ``samples``/``noise`` (a fraction of the input's value range) and ``seed``:
+    SmoothGrad; ``window``/``stride`` (default size/7 and half the window): occlusion;
+    ``baseline``: the grey level of the occluding patch and the integrated-gradients baseline
+    (0 = black); ``internal_batch_size``: inputs per pass for IG, SmoothGrad and occlusion.
+    Grad-CAM uses ``layer`` (default: the last layer with a spatial map).
     """
     fmodel = as_model(model)
     check_method(method)

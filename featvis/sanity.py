@@ -219,7 +219,7 @@ def sanity_axes(ax, steps: Sequence[SanityStep], title: str | None = None) -> No
     ax.set_ylim(-0.3, 1.05)
     ax.set_ylabel("similarity to trained map", fontsize=8)
     ax.set_xlabel("randomized down to (cumulative, from the top)", fontsize=8)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="lower left")
     if title:
         ax.set_title(title, fontsize=9)
 

@@ -32,7 +32,6 @@ h1{font-size:1.5em;margin:.3em 0}h2{font-size:1.15em;margin:1.2em 0 .4em}
 .strip img{width:72px;height:72px;object-fit:contain;border:1px solid #ddd;background:#fff}
 .filters img{width:42px;height:42px;image-rendering:pixelated;border:1px solid #ccc}
 .big img{max-width:100%;width:320px;border:1px solid #ccc;background:#fff}
-.patch img{height:128px;width:auto;max-width:256px;image-rendering:auto}
 table{border-collapse:collapse;font-size:.9em}td,th{padding:3px 10px;border-bottom:1px solid #e4e4e4;text-align:left}
 code{background:#eee;padding:0 3px;border-radius:3px}
 .muted{color:#777}
@@ -199,7 +198,7 @@ class Site:
                 ("batch", data["batch"]), ("activation reached", _number(data["activation"])),
                 ("best natural photo", _number(data.get("natural_max"))), ("ratio", _ratio(data.get("ratio")))]
         if data["negative"]:
-            rows.append(("negative activation", _number(data["negative"]["activation"])))
+            rows.append(("negative: objective reached", _number(data["negative"]["activation"])))
         sections.append(tag("table", [tag("tr", tag("th", k), tag("td", v)) for k, v in rows]))
         sections.append(tag("p", tag("a", "this channel as JSON", href=self.link(page, self.channel_page(info, channel, "json")))))
         if data["diversity"]:
@@ -217,7 +216,7 @@ class Site:
                                             tag("figcaption", p["photo"], tag("br"),
                                                 f"box y {p['box'][0]}:{p['box'][2]}, x {p['box'][1]}:{p['box'][3]}",
                                                 tag("br"), f"activation {_number(p['activation'], '.3g')}"),
-                                            class_="card patch") for p in data["patches"]], class_="grid"))
+                                            class_="card") for p in data["patches"]], class_="grid"))
         crumbs = [("index", "index.html"), (info["name"], self.layer_page(info))]
         return self._page(page, f"{info['name']} {channel} — featvis gallery", crumbs, f"channel {channel}", *sections)
 

@@ -155,28 +155,38 @@ def _image_seed(seed: int, name: str, index: int) -> int:
 
 
 def _batched(chunk: list[tuple[Objective, str]]) -> Callable[[Acts], torch.Tensor]:
-    """Scores [B] of a whole batch: each objective scores its own consecutive images."""
+    """Scores [B] of a whole batch: each objective scores its own consecutive images.
+
+    The batch is cut with ``torch.split``, whose backward concatenates the pieces' gradients,
+    rather than by slicing per objective (each slice's backward would fill a full-batch zero tensor).
+    """
+    spans = [objective.span for objective, _ in chunk]
+
     def scores(acts: Acts) -> torch.Tensor:
-        parts, offset = [], 0
-        for objective, _ in chunk:
-            parts.append(objective({k: v[offset : offset + objective.span] for k, v in acts.items()}))
-            offset += objective.span
-        return torch.cat(parts)
+        pieces = {k: v.split(spans) for k, v in acts.items()}
+        return torch.cat([objective({k: p[i] for k, p in pieces.items()}) for i, (objective, _) in enumerate(chunk)])
+
     return scores
 
 
 @contextlib.contextmanager
 def _frozen(model: FeatvisModel) -> Iterator[None]:
-    """Eval mode and no parameter gradients for the duration; the previous state is restored."""
-    training, flags = model.training, [(p, p.requires_grad) for p in model.parameters()]
+    """Eval mode, no parameter gradients and channels-last conv weights (what oneDNN wants for
+    channels-last inputs, instead of reordering the weights at every call) for the duration;
+    the previous state is restored exactly."""
+    training = model.training
+    saved = [(p, p.requires_grad, p.data) for p in model.parameters()]
     try:
         model.eval()
-        for p, _ in flags:
+        for p, _, data in saved:
             p.requires_grad_(False)
+            if data.dim() == 4:
+                p.data = data.contiguous(memory_format=torch.channels_last)
         yield
     finally:
         model.train(training)
-        for p, flag in flags:
+        for p, flag, data in saved:
+            p.data = data
             p.requires_grad_(flag)
 
 

@@ -9,7 +9,7 @@ standard deviation below 0.02, the flat grey that plain gradient ascent gives fo
 are dead at a noise start; target 0%). The sample includes, per layer, channels that are zero
 everywhere for the noise start whenever the layer has some.
 
-    python benchmarks/bench_quality.py [--per-layer 2] [--steps 256] [--seed 0]
+    python benchmarks/bench_quality.py [--per-layer 2] [--steps 128] [--seed 0]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def dead_at_start(model: featvis.FeatvisModel, layer: str) -> set[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-layer", type=int, default=2, help="channels sampled per mixed layer (default 2)")
-    parser.add_argument("--steps", type=int, default=256, help="optimisation steps (default 256)")
+    parser.add_argument("--steps", type=int, default=128, help="optimisation steps (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the channel sample and of the renders (default 0)")
     args = parser.parse_args()
 

@@ -14,8 +14,10 @@ Side by side in the same run on the same model:
   float32 matmul rate measured here.
 
 featvis's first `REDIRECT_STEPS` steps use the (slower) redirected-ReLU gradient, so it is timed
-as two runs, ``REDIRECT_STEPS`` and ``REDIRECT_STEPS + steps`` long: their difference gives the
-steady per-step cost; a 512-step render is estimated as the first run plus the remaining steps.
+as two runs, ``REDIRECT_STEPS`` and ``REDIRECT_STEPS + steps`` long, each the fastest of
+``--repeats`` interleaved tries: their difference gives the steady per-step cost, and a 512-step
+render is estimated as the first run plus 496 steady steps. Lucent is the fastest of as many
+tries.
 Every figure is given twice: wall-clock seconds, and CPU seconds (process time, all threads),
 which other processes on a shared machine disturb much less; the ratios use one or the other
 throughout. Run on a quiet machine; ratios from one run are what to compare.
@@ -64,18 +66,25 @@ def step_flops(model: featvis.FeatvisModel) -> int:
     return counter.get_total_flops()
 
 
-def time_featvis(model: featvis.FeatvisModel, batch: int, steps: int) -> Timing:
+def _fastest(runs: list[Timing]) -> Timing:
+    return min(r[0] for r in runs), min(r[1] for r in runs)
+
+
+def time_featvis(model: featvis.FeatvisModel, batch: int, steps: int, repeats: int) -> Timing:
     """Estimated (wall, CPU) seconds per image-step of a 512-step render of ``batch`` channels."""
     specs = [f"{LAYER}:{c}" for c in range(batch)]
     run = lambda n: lambda: render(model, specs, steps=n, size=SIZE, progress=False, natural=False)  # noqa: E731
     run(2)()  # warm-up: allocator, oneDNN kernels
-    first = timed(run(REDIRECT_STEPS))
-    longer = timed(run(REDIRECT_STEPS + steps))
-    return tuple((f + (TOTAL_STEPS - REDIRECT_STEPS) * (t - f) / steps) / TOTAL_STEPS / batch  # type: ignore[return-value]
-                 for f, t in zip(first, longer))
+    tries = [(timed(run(REDIRECT_STEPS)), timed(run(REDIRECT_STEPS + steps))) for _ in range(repeats)]
+    first, longer = _fastest([a for a, _ in tries]), _fastest([b for _, b in tries])
+    estimate = []
+    for f, t in zip(first, longer):
+        steady = (t - f) / steps
+        estimate.append((f + (TOTAL_STEPS - REDIRECT_STEPS) * steady) / TOTAL_STEPS if steady > 0 else t / (REDIRECT_STEPS + steps))
+    return estimate[0] / batch, estimate[1] / batch
 
 
-def time_lucent(model: featvis.FeatvisModel, steps: int) -> Timing | None:
+def time_lucent(model: featvis.FeatvisModel, steps: int, repeats: int) -> Timing | None:
     """(wall, CPU) seconds per image-step of Lucent's render_vis on one channel, or None when Lucent is absent."""
     try:
         with warnings.catch_warnings():
@@ -91,7 +100,8 @@ def time_lucent(model: featvis.FeatvisModel, steps: int) -> Timing | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run(2)()
-        return tuple(t / steps for t in timed(run(steps)))  # type: ignore[return-value]
+        best = _fastest([timed(run(steps)) for _ in range(repeats)])
+    return best[0] / steps, best[1] / steps
 
 
 def _row(name: str, t: Timing, floor: Timing) -> str:
@@ -100,8 +110,9 @@ def _row(name: str, t: Timing, floor: Timing) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="steady steps timed per featvis batch (default 30)")
-    parser.add_argument("--lucent-steps", type=int, default=20, help="steps timed for Lucent (default 20)")
+    parser.add_argument("--steps", type=int, default=16, help="steady steps timed per featvis batch (default 16)")
+    parser.add_argument("--lucent-steps", type=int, default=16, help="steps timed for Lucent (default 16)")
+    parser.add_argument("--repeats", type=int, default=2, help="tries per timing, the fastest counts (default 2)")
     parser.add_argument("--batches", default="1,8,16", help="featvis batch sizes (default 1,8,16)")
     args = parser.parse_args()
 
@@ -116,9 +127,9 @@ def main() -> None:
     print(_row("FLOP floor", floor, floor))
     rows = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        rows[batch] = time_featvis(model, batch, args.steps)
+        rows[batch] = time_featvis(model, batch, args.steps, args.repeats)
         print(_row(f"featvis batch {batch}", rows[batch], floor))
-    lucent = time_lucent(model, args.lucent_steps)
+    lucent = time_lucent(model, args.lucent_steps, args.repeats)
     if lucent is not None:
         print(_row("Lucent render_vis", lucent, floor))
         best = max(rows)

@@ -14,6 +14,8 @@ Public API (everything a notebook needs):
   ``cascading_randomization`` and ``deletion_insertion``; ``save_figure`` (PNG/SVG/PDF).
 - Receptive fields: ``receptive_field(model, layer)``/``receptive_fields(model)`` -> ``ReceptiveField``
   (exact for any graph; ``register_rule`` for your own layers), ``effective_receptive_field`` (Luo et al.).
+- Feature visualization: ``render(model, specs, ...)`` -> list of ``RenderResult``; specs like
+  ``"mixed4a:97"`` (``parse_spec``) or ``objectives`` combined with + - *; ``natural_max``.
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 """
 
@@ -27,6 +29,8 @@ from .images import load_image, sample_photos, save_image
 from .labels import imagenet_labels
 from .model import FeatvisModel, as_model
 from .models import load_model
+from . import optvis
+from .optvis import Objective, RenderResult, natural_max, objectives, parse_spec, render
 from .probe import Probe, capture
 from .effective_rf import effective_receptive_field
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
@@ -39,8 +43,10 @@ __all__ = [
     "FeatvisError",
     "FeatvisModel",
     "GradientReport",
+    "Objective",
     "Probe",
     "ReceptiveField",
+    "RenderResult",
     "SaliencyResult",
     "as_model",
     "capture",
@@ -56,10 +62,15 @@ __all__ = [
     "imagenet_labels",
     "load_image",
     "load_model",
+    "natural_max",
+    "objectives",
+    "optvis",
+    "parse_spec",
     "receptive_field",
     "receptive_fields",
     "reference",
     "register_rule",
+    "render",
     "saliency",
     "sample_photos",
     "save_figure",

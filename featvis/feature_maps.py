@@ -3,7 +3,8 @@
 A unit of a convolutional layer looks at one input region whose centre is fixed by the
 strides, kernels and paddings below it. Stretching a 14x14 map over a 224 px photo (a naive
 resize) puts unit ``i`` at ``(i + 0.5) * 16 - 0.5``; in ``inceptionv1`` the unit actually
-sits at its receptive field's centre, which for deep layers is off by half a unit or more.
+sits at its receptive field's centre ``16 i + 14``, 6.5 px further (14.5 px, almost half a
+unit, for ``mixed5b``).
 ``to_input_space`` places every unit's value at its receptive-field centre (from
 ``featvis.receptive_field``) and interpolates linearly between centres.
 """

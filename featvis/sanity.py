@@ -114,9 +114,22 @@ class SanityStep:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
+def _blocks(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """Children holding parameters; plain ``nn.Sequential`` containers are opened up (vgg's
+    ``features``, resnet's ``layer4``), so every block is one layer or one designed unit."""
+    blocks = []
+    for name, child in module.named_children():
+        path = f"{prefix}{name}"
+        if type(child) in (nn.Sequential, nn.ModuleList):
+            blocks.extend(_blocks(child, f"{path}."))
+        elif any(True for _ in child.parameters()):
+            blocks.append((path, child))
+    return blocks
+
+
 @torch.no_grad()
 def execution_order(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Paths of ``model.net``'s top-level children holding parameters, in the order they first run."""
+    """Paths of ``model.net``'s blocks holding parameters (see ``_blocks``), in the order they first run."""
     fmodel = as_model(model)
     order: dict[str, None] = {}
 
@@ -126,11 +139,7 @@ def execution_order(model: nn.Module, x: torch.Tensor) -> list[str]:
 
         return hook
 
-    handles = [
-        child.register_forward_pre_hook(record(name))
-        for name, child in fmodel.net.named_children()
-        if any(True for _ in child.parameters())
-    ]
+    handles = [child.register_forward_pre_hook(record(name)) for name, child in _blocks(fmodel.net)]
     try:
         fmodel(x)
     finally:
@@ -169,8 +178,8 @@ def cascading_randomization(
 ) -> list[SanityStep]:
     """Adebayo et al.'s cascading randomization: one ``SanityStep`` per randomized block.
 
-    ``layers`` are randomized cumulatively in the order given (default: the top-level blocks
-    holding parameters, from the last to run down to the first). Maps are compared with the
+    ``layers`` are randomized cumulatively in the order given (default: the blocks holding
+    parameters, from the last to run down to the first; see ``execution_order``). Maps are compared with the
     trained model's for the same class: Spearman of the signed channel sum, Spearman and SSIM
     of the magnitude (SSIM on maps scaled to a peak of 1). ``options`` go to
     ``featvis.saliency.attribute`` (``layer`` for Grad-CAM stays fixed).

@@ -7,7 +7,7 @@ from torch import nn
 
 from featvis.gradcheck import EXPECTED_GRADIENT, FINITE_DIFFERENCES, check_gradients
 from featvis.optvis import RedirectedReLU, redirected_relus
-from featvis.optvis.fast_layers import fast_layers, local_response_norm
+from featvis.optvis.fast_layers import fast_layers, fused_conv_relus, local_response_norm
 
 
 def _documented_redirect(inputs, grad):
@@ -82,3 +82,30 @@ def test_fast_local_response_norm_equals_pytorch():
         fast = net(x)
         assert count == 1 and fast.grad_fn.name() == "_LocalResponseNormBackward"
     assert torch.allclose(fast, net(x), atol=1e-6) and "forward" not in lrn.__dict__
+
+
+def test_fused_conv_relu_equals_conv_then_relu_and_respects_probes():
+    torch.manual_seed(2)
+    first = nn.Conv2d(3, 8, 7, stride=2, padding=3)  # the stride-2 RGB layer: space-to-depth input gradient
+    net = nn.Sequential(first, nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(2))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for shape in [(2, 3, 33, 30), (1, 3, 16, 16)]:
+        x = torch.randn(*shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+        expected = net(x)
+        g = torch.randn_like(expected)
+        grad, = torch.autograd.grad(expected, x, g)
+        with fused_conv_relus(net) as pairs:
+            got = net(x)
+            fused_grad, = torch.autograd.grad(got, x, g)
+            assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvReLUBackward"
+        assert torch.allclose(got, expected, atol=1e-6) and torch.allclose(fused_grad, grad, atol=1e-6)
+    seen = []
+    handle = first.register_forward_hook(lambda module, inputs, output: seen.append(output.min().item()))
+    try:
+        with fused_conv_relus(net):
+            net(torch.randn(1, 3, 16, 16))
+    finally:
+        handle.remove()
+    assert seen[0] < 0  # a hooked convolution still shows its pre-activations
+    assert all("forward" not in m.__dict__ for m in net)

@@ -65,7 +65,8 @@ def test_dead_channel_of_a_small_model(monkeypatch):
     assert flat.activation == 0 and flat.image.std() < 0.01
 
 
-def test_same_seed_same_png_bytes(inceptionv1, tmp_path):
+def test_same_seed_same_png_bytes(inceptionv1, tmp_path, monkeypatch):
+    monkeypatch.setattr(rendering, "REDIRECT_STEPS", 1)  # both phases (redirected, then fused conv + ReLU) in 3 steps
     first = render(inceptionv1, ["mixed3a:3", "mixed3a:7@10,10"], steps=3, size=48, seed=5, progress=False, natural=False)
     second = render(inceptionv1, ["mixed3a:3", "mixed3a:7@10,10"], steps=3, size=48, seed=5, progress=False, natural=False)
     other = render(inceptionv1, ["mixed3a:3"], steps=3, size=48, seed=6, progress=False, natural=False)
@@ -138,6 +139,7 @@ def test_bad_input_is_refused_before_any_optimisation():
         ([watch, "relu3:1"], {}, "closest: relu2"),
         ([watch], {"thresholds": [-1, 5]}, "thresholds must lie in 0..5"),
         ([watch], {"size": 4}, "size >= 8 px"),
+        ([watch], {"batch": 0}, "batch must be >= 1.*batch=0"),
         ([watch], {"param": "dct"}, "unknown parameterisation 'dct'"),
         ([watch], {"transforms": "random"}, "unknown transforms 'random'"),
         ([watch, channel("relu2", 0, batch=1) * channel("conv1", 99)], {}, "channel 99 is out of range for conv1"),

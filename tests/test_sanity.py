@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import featvis
 from featvis.errors import FeatvisError
 from featvis.saliency import saliency
 from featvis.sanity import (
@@ -60,6 +61,10 @@ def test_ssim_matches_scikit_image():
 
 def test_execution_order_and_randomize(inceptionv1):
     assert execution_order(inceptionv1, torch.zeros(1, 3, 224, 224)) == GOOGLENET_BLOCKS  # the paper's Table 1
+    vgg = featvis.as_model(torchvision.models.vgg11(), input_size=64).freeze()  # plain Sequentials are opened up
+    assert execution_order(vgg, torch.zeros(1, 3, 64, 64)) == [  # VGG-A: 8 convolutions, 3 fully connected
+        "features.0", "features.3", "features.6", "features.8", "features.11", "features.13", "features.16",
+        "features.18", "classifier.0", "classifier.3", "classifier.6"]
     block = torch.nn.Conv2d(8, 8, 3)
     before = [p.detach().clone() for p in block.parameters()]
     with torch.no_grad():
@@ -122,15 +127,15 @@ def test_blurred_canvas_hides_the_object(inceptionv1, coffee):
 
 
 def test_real_maps_beat_random_maps(inceptionv1, coffee):
-    """Petsiuk et al.'s scores separate an explanation from noise of the same resolution."""
+    """Petsiuk et al.'s scores separate an explanation from a random map."""
     x = inceptionv1.prepare(coffee)
-    generator = torch.Generator().manual_seed(0)
-    random_pixels = torch.rand(224, 224, generator=generator)
-    random_coarse = F.interpolate(torch.rand(1, 1, 7, 7, generator=generator), size=(224, 224), mode="bilinear")[0, 0]
+    random_map = torch.rand(224, 224, generator=torch.Generator().manual_seed(0))
     ig = saliency(inceptionv1, x, "ig", target=ESPRESSO, steps=16)
     gradcam = saliency(inceptionv1, x, "gradcam", target=ESPRESSO)
     real_deletion = deletion_insertion(inceptionv1, x, ig.map, ESPRESSO, steps=16).deletion_auc
     real_insertion = deletion_insertion(inceptionv1, x, gradcam.map, ESPRESSO, steps=16).insertion_auc
-    baseline = [deletion_insertion(inceptionv1, x, m, ESPRESSO, steps=16) for m in (random_pixels, random_coarse)]
-    assert real_deletion < 0.75 * min(s.deletion_auc for s in baseline)
-    assert real_insertion > max(s.insertion_auc for s in baseline) + 0.1
+    random = deletion_insertion(inceptionv1, x, random_map, ESPRESSO, steps=16)
+    # measured: IG 0.031 vs random 0.069 (deletion), Grad-CAM 0.83 vs random 0.65 (insertion); a random map
+    # of 7x7 blobs, Grad-CAM's resolution, scores worse still (0.23 deletion, 0.30 insertion)
+    assert real_deletion < 0.75 * random.deletion_auc
+    assert real_insertion > random.insertion_auc + 0.1

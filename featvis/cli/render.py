@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FeatvisError
 from ..fileio import ensure_writable_dir
 from ..figures import grid_shape
 from ..images import load_image, save_image

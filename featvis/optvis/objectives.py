@@ -58,15 +58,28 @@ class Objective:
         return Objective(lambda acts: op(self(acts), other(acts)), f"{_paren(self)} {symbol} {_paren(other)}",
                          self.layers + other.layers, max(self.span, other.span), self.checks + other.checks)
 
-    def __add__(self, other): return self._join(other, torch.add, "+")
-    def __sub__(self, other): return self._join(other, torch.sub, "-")
-    def __mul__(self, other): return self._join(other, torch.mul, "*")
-    def __truediv__(self, other: float): return self._join(other, torch.div, "/")
-    def __radd__(self, other: float): return self + other
-    def __rsub__(self, other: float): return -self + other
-    def __neg__(self): return Objective(lambda acts: -self(acts), f"-{_paren(self)}", self.layers, self.span, self.checks)
+    def __add__(self, other: "Objective | float") -> "Objective":
+        return self._join(other, torch.add, "+")
 
-    def __rmul__(self, other: float):
+    def __sub__(self, other: "Objective | float") -> "Objective":
+        return self._join(other, torch.sub, "-")
+
+    def __mul__(self, other: "Objective | float") -> "Objective":
+        return self._join(other, torch.mul, "*")
+
+    def __truediv__(self, other: float) -> "Objective":
+        return self._join(other, torch.div, "/")
+
+    def __radd__(self, other: float) -> "Objective":
+        return self + other
+
+    def __rsub__(self, other: float) -> "Objective":
+        return -self + other
+
+    def __neg__(self) -> "Objective":
+        return Objective(lambda acts: -self(acts), f"-{_paren(self)}", self.layers, self.span, self.checks)
+
+    def __rmul__(self, other: float) -> "Objective":
         value = float(other)
         return Objective(lambda acts: self(acts) * value, f"{value:g}*{_paren(self)}", self.layers, self.span, self.checks)
 

@@ -1,12 +1,13 @@
 """`render`: activation maximisation, many objectives at once, as in Olah et al., Distill 2017.
 
 Each objective gets its own images of one batch, parameterised (`param`), transformed
-(`transforms`) and fed to the frozen model, whose forward pass stops at the deepest layer
-the objectives need (`Probe(early_exit=True)`), slow layers use exact faster stand-ins (`fast_layers`); Adam (lr 0.05) raises the sum of all
-objectives, so every image follows only its own objective. The first `REDIRECT_STEPS` steps
+(`transforms`) and fed to the frozen model (channels-last, slow layers replaced by exact faster
+stand-ins, `fast_layers`, conv + ReLU pairs fused after the redirected steps), whose forward pass stops at the deepest layer the objectives need
+(`Probe(early_exit=True)`). Adam (lr 0.05) raises the sum of all objectives, so every image
+follows only its own objective. The first `REDIRECT_STEPS` steps
 use the redirected-ReLU gradient so that channels dead for a noise start still get a picture.
 Random draws (initial noise, transforms) come from one generator per image seeded by
-(seed, objective name, image index): the same settings give the same image whatever else is
+(seed, objective's canonical name, image index): the same settings give the same image whatever else is
 in the batch, and the same PNG byte for byte on the same machine. Ctrl-C stops the
 optimisation and returns the images reached so far.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -29,7 +30,7 @@ from ..images import load_image
 from ..model import FeatvisModel, as_model
 from ..probe import Probe
 from . import transforms as tf
-from .fast_layers import fast_layers
+from .fast_layers import fast_layers, fused_conv_relus
 from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
 from .param import make_param
@@ -56,7 +57,7 @@ class RenderResult:
     ratio: float | None = None
     steps: int = 0
     index: int = 0
-    interrupted: bool = field(default=False, repr=False)
+    interrupted: bool = False
 
 
 def render(
@@ -83,16 +84,17 @@ def render(
     ``param``: "fft" or "pixel"; ``decorrelate``: ImageNet colour decorrelation; ``valid``:
     "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" or a
     `Transforms`. ``init``: a photo (tensor or path) to start from instead of noise.
-    ``thresholds``: steps at which to keep images (0: the start; the last step always). ``natural``: also
-    compute natural_max and ratio.
+    ``thresholds``: steps at which to keep images (0: the start; the last step always).
+    ``natural``: also compute natural_max and ratio. ``interrupted`` results come from Ctrl-C.
     """
     model = as_model(model)
-    objectives = [parse_spec(model, s) if isinstance(s, str) else s for s in ([specs] if isinstance(specs, (str, Objective)) else specs)]
-    names = [s if isinstance(s, str) else s.name for s in ([specs] if isinstance(specs, (str, Objective)) else specs)]
+    items = [specs] if isinstance(specs, (str, Objective)) else list(specs)
+    objectives = [parse_spec(model, s) if isinstance(s, str) else s for s in items]
+    names = [s if isinstance(s, str) else s.name for s in items]
     if not objectives:
         raise FeatvisError("no specs given; name at least one, e.g. mixed4a:97")
-    if steps < 1 or size < 8:
-        raise FeatvisError(f"steps must be >= 1 and size >= 8 px, got steps={steps}, size={size}")
+    if steps < 1 or size < 8 or (batch is not None and batch < 1):
+        raise FeatvisError(f"steps and batch must be >= 1 and size >= 8 px, got steps={steps}, batch={batch}, size={size}")
     keep = sorted(set(thresholds or ()) | {steps})
     if keep[0] < 0 or keep[-1] > steps:
         raise FeatvisError(f"thresholds must lie in 0..{steps} (the number of steps), got {list(thresholds or ())}")
@@ -113,21 +115,15 @@ def render(
             if results[-1].interrupted:
                 break
     if natural:
-        for result, objective in zip(results, (o for o, _ in _expand(objectives, names))):
+        for result, objective in zip(results, (o for o in objectives for _ in range(o.span))):
             if objective.span == 1:
                 result.natural_max = natural_max(model, objective, scale)
                 result.ratio = result.activation / result.natural_max if result.natural_max > 0 else None
     return results
 
 
-def _expand(objectives: list[Objective], names: list[str]) -> Iterator[tuple[Objective, str]]:
-    """One (objective, name) per image."""
-    for objective, name in zip(objectives, names):
-        for _ in range(objective.span):
-            yield objective, name
-
-
 def _chunks(objectives: list[Objective], names: list[str], batch: int) -> Iterator[list[tuple[Objective, str]]]:
+    """Consecutive objectives grouped into optimisations of at most ``batch`` images (at least one objective each)."""
     chunk: list[tuple[Objective, str]] = []
     for objective, name in zip(objectives, names):
         if chunk and sum(o.span for o, _ in chunk) + objective.span > batch:
@@ -195,7 +191,8 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
               init: torch.Tensor | None, keep: list[int]) -> list[RenderResult]:
     device = model.mean.device
     images_of = [(name, i) for objective, name in chunk for i in range(objective.span)]
-    generators = [torch.Generator().manual_seed(_image_seed(seed, name, i)) for name, i in images_of]
+    generators = [torch.Generator().manual_seed(_image_seed(seed, objective.name, i)) for objective, _ in chunk
+                  for i in range(objective.span)]
     image_param = make_param(param, generators, size, decorrelate=decorrelate, valid=valid, init=init).to(device)
     thetas = transform.draw(generators, steps, size, scale).to(device) if transform else None
     optimizer = torch.optim.Adam(image_param.parameters(), lr=LEARNING_RATE)
@@ -210,14 +207,15 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
             acts = probe(x.contiguous(memory_format=torch.channels_last)) if layers else {}
             return {**acts, INPUT: images}
 
-        redirect = contextlib.ExitStack()
+        phase = contextlib.ExitStack()  # redirected ReLUs first, then the fused (plain) conv + ReLU pairs
         try:
-            redirect.enter_context(redirected_relus(model))
+            phase.enter_context(redirected_relus(model))
             if 0 in keep:
                 kept[0] = image_param().detach().cpu()
             for step in range(steps):
                 if step == REDIRECT_STEPS:
-                    redirect.close()
+                    phase.close()
+                    phase.enter_context(fused_conv_relus(model))
                 images = image_param()
                 x = tf.apply(images, thetas[step], scale, transform.fill) if transform else tf.resize(images, scale)
                 loss = -scores(activations(images, x)).sum()
@@ -231,7 +229,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            redirect.close()
+            phase.close()
 
         with torch.no_grad():
             final = image_param()

@@ -13,8 +13,6 @@ Target (issue 4): all layers of inceptionv1 well under a second.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 import torchvision
@@ -22,17 +20,9 @@ import torchvision
 import featvis
 from featvis.models import InceptionV1
 from featvis.models.inceptionv1 import LUCID_ALIASES
+from timing import best_time
 
 
-def best_time(fn: Callable[[], object], repeat: int) -> float:
-    """Fastest of ``repeat`` timed calls, after one warm-up call (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -20,13 +20,13 @@ if _threads is None and "--threads" in sys.argv[:-1]:
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, _threads or "1")
 
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from featvis import reference  # noqa: E402
+from timing import best_time  # noqa: E402
 
 # name, input (C, H, W), op for a module `ops` (featvis.reference or torch.nn.functional), parameter shapes
 LAYERS: list[tuple[str, tuple[int, int, int], Callable, list[tuple[int, ...]]]] = [
@@ -39,15 +39,6 @@ LAYERS: list[tuple[str, tuple[int, int, int], Callable, list[tuple[int, ...]]]] 
 ]
 
 
-def best_time(fn: Callable[[], object], repeat: int) -> float:
-    """Fastest of `repeat` timed calls, after one warm-up call (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(ops, op: Callable, tensors: list[torch.Tensor], repeat: int) -> tuple[float, float]:

@@ -10,27 +10,17 @@ preparing the model copy (``guided_model``), which is also timed on its own.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
 
 import torch
 
 import featvis
 from featvis.saliency import METHODS, attribute, guided_model
 from featvis.sanity import deletion_insertion
+from timing import median_seconds
 
 IG_BATCHES = (1, 5, 10, 25, 50)
 
 
-def median_seconds(run: Callable[[], object], repeat: int) -> float:
-    run()  # warm-up: allocator, oneDNN kernels, captum imports
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from ..errors import FeatvisError
 from ..labels import imagenet_labels
 from ..model import FeatvisModel
 from ..weights import BVLC_GOOGLENET, SQUEEZENET1_1, apply_state_dict, load_caffe_weights, load_state_dict_file
-from .inceptionv1 import CAFFE_LAYERS, LUCID_ALIASES, InceptionV1
+from .inceptionv1 import BLOCKS, CAFFE_LAYERS, LUCID_ALIASES, InceptionV1
 
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 BUILTIN = ("inceptionv1", "googlenet", "squeezenet1_1")
@@ -78,8 +78,7 @@ def googlenet(weights: str | os.PathLike | None = None, progress: bool = True) -
                 f"pass --weights FILE, or place {GoogLeNet_Weights.IMAGENET1K_V1.url.rsplit('/', 1)[-1]} in "
                 f"$TORCH_HOME/hub/checkpoints"
             ) from None
-    return FeatvisModel(net, name="googlenet", labels=imagenet_labels(), aliases={f"mixed{b}": f"inception{b}" for b in
-                        ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")})
+    return FeatvisModel(net, name="googlenet", labels=imagenet_labels(), aliases={f"mixed{b}": f"inception{b}" for b in BLOCKS})
 
 
 def _torchvision_model(name: str, weights: str | os.PathLike | None) -> FeatvisModel:

@@ -82,7 +82,8 @@ class InceptionV1(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
 
-_BLOCKS = ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
+#: The nine Inception blocks in order, named as in the paper (3a ... 5b).
+BLOCKS = ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
 _BRANCHES = {  # our path inside a block -> (Caffe layer suffix, Lucid alias suffix)
     "branch1": ("1x1", "1x1"),
     "branch2.0": ("3x3_reduce", "3x3_bottleneck"),
@@ -97,7 +98,7 @@ CAFFE_LAYERS: dict[str, str] = {
     "conv1.conv": "conv1/7x7_s2",
     "conv2.conv": "conv2/3x3_reduce",
     "conv3.conv": "conv2/3x3",
-    **{f"inception{b}.{path}.conv": f"inception_{b}/{caffe}" for b in _BLOCKS for path, (caffe, _) in _BRANCHES.items()},
+    **{f"inception{b}.{path}.conv": f"inception_{b}/{caffe}" for b in BLOCKS for path, (caffe, _) in _BRANCHES.items()},
     "fc": "loss3/classifier",
 }
 
@@ -106,8 +107,8 @@ LUCID_ALIASES: dict[str, str] = {
     "conv2d0": "conv1", "conv2d0_pre_relu": "conv1.conv",
     "conv2d1": "conv2", "conv2d1_pre_relu": "conv2.conv",
     "conv2d2": "conv3", "conv2d2_pre_relu": "conv3.conv",
-    **{f"mixed{b}": f"inception{b}" for b in _BLOCKS},
-    **{f"mixed{b}_{lucid}": f"inception{b}.{path}" for b in _BLOCKS for path, (_, lucid) in _BRANCHES.items()},
-    **{f"mixed{b}_{lucid}_pre_relu": f"inception{b}.{path}.conv" for b in _BLOCKS for path, (_, lucid) in _BRANCHES.items()},
-    **{f"mixed{b}_pool": f"inception{b}.branch4.0" for b in _BLOCKS},
+    **{f"mixed{b}": f"inception{b}" for b in BLOCKS},
+    **{f"mixed{b}_{lucid}": f"inception{b}.{path}" for b in BLOCKS for path, (_, lucid) in _BRANCHES.items()},
+    **{f"mixed{b}_{lucid}_pre_relu": f"inception{b}.{path}.conv" for b in BLOCKS for path, (_, lucid) in _BRANCHES.items()},
+    **{f"mixed{b}_pool": f"inception{b}.branch4.0" for b in BLOCKS},
 }

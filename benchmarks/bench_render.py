@@ -11,7 +11,8 @@ Side by side in the same run on the same model:
   scikit-learn); without it that row is skipped with a message.
 - The FLOP floor: FLOPs of one forward pass up to mixed4a plus the backward pass to the input
   (no weight gradients), counted by ``torch.utils.flop_counter``, divided by this machine's
-  float32 matmul rate measured here.
+  float32 matmul rate measured here. The same FLOPs at the bfloat16 matmul rate are printed too:
+  the floor for bfloat16 arithmetic, which AMX makes several times lower.
 
 featvis's first `REDIRECT_STEPS` steps use the (slower) redirected-ReLU gradient, so it is timed
 as two runs, ``REDIRECT_STEPS`` and ``REDIRECT_STEPS + steps`` long, each the fastest of
@@ -22,7 +23,7 @@ Every figure is given twice: wall-clock seconds, and CPU seconds (process time, 
 which other processes on a shared machine disturb much less; the ratios use one or the other
 throughout. Run on a quiet machine; ratios from one run are what to compare.
 
-    python benchmarks/bench_render.py [--steps 30] [--lucent-steps 20] [--batches 1,8,16]
+    python benchmarks/bench_render.py [--steps 16] [--lucent-steps 16] [--batches 1,8,16] [--precisions float32,bfloat16]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import featvis
-from featvis.optvis import REDIRECT_STEPS, render
+from featvis.optvis import REDIRECT_STEPS, compute_dtype, render
 from featvis.probe import Probe
 
 LAYER, SIZE, TOTAL_STEPS = "mixed4a", 128, 512
@@ -50,9 +51,9 @@ def timed(fn) -> Timing:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def matmul_rate(n: int = 2048, repeats: int = 10) -> Timing:
-    """Float32 matmul FLOP per wall second and per CPU second (best of three runs)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 10) -> Timing:
+    """Matmul FLOP per wall second and per CPU second in ``dtype`` (best of three runs)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     runs = [timed(lambda: [a @ b for _ in range(repeats)]) for _ in range(3)]
     return tuple(2 * n**3 * repeats / min(r[i] for r in runs) for i in (0, 1))  # type: ignore[return-value]
@@ -70,10 +71,11 @@ def _fastest(runs: list[Timing]) -> Timing:
     return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
-def time_featvis(model: featvis.FeatvisModel, batch: int, steps: int, repeats: int) -> Timing:
+def time_featvis(model: featvis.FeatvisModel, batch: int, steps: int, repeats: int, precision: str) -> Timing:
     """Estimated (wall, CPU) seconds per image-step of a 512-step render of ``batch`` channels."""
     specs = [f"{LAYER}:{c}" for c in range(batch)]
-    run = lambda n: lambda: render(model, specs, steps=n, size=SIZE, progress=False, natural=False)  # noqa: E731
+    run = lambda n: lambda: render(model, specs, steps=n, size=SIZE, progress=False, natural=False,  # noqa: E731
+                                   precision=precision)
     run(2)()  # warm-up: allocator, oneDNN kernels
     tries = [(timed(run(REDIRECT_STEPS)), timed(run(REDIRECT_STEPS + steps))) for _ in range(repeats)]
     first, longer = _fastest([a for a, _ in tries]), _fastest([b for _, b in tries])
@@ -114,28 +116,36 @@ def main() -> None:
     parser.add_argument("--lucent-steps", type=int, default=16, help="steps timed for Lucent (default 16)")
     parser.add_argument("--repeats", type=int, default=2, help="tries per timing, the fastest counts (default 2)")
     parser.add_argument("--batches", default="1,8,16", help="featvis batch sizes (default 1,8,16)")
+    parser.add_argument("--precisions", default="float32,bfloat16", help="featvis precisions (default float32,bfloat16)")
     args = parser.parse_args()
 
     model = featvis.load_model("inceptionv1", progress=False)
-    rate = matmul_rate()
+    rates = {dtype: matmul_rate(dtype) for dtype in (torch.float32, torch.bfloat16)}
     flops = step_flops(model)
-    floor = (flops / rate[0], flops / rate[1])
-    print(f"machine: {torch.get_num_threads()} threads, float32 matmul {rate[0] / 1e9:.0f} GFLOP per wall s, "
-          f"{rate[1] / 1e9:.0f} GFLOP per CPU s; torch {torch.__version__}")
+    floor = (flops / rates[torch.float32][0], flops / rates[torch.float32][1])
+    print(f"machine: {torch.get_num_threads()} threads; matmul GFLOP per wall s / per CPU s: "
+          + ", ".join(f"{str(d)[6:]} {r[0] / 1e9:.0f} / {r[1] / 1e9:.0f}" for d, r in rates.items())
+          + f"; torch {torch.__version__}; precision auto = {str(compute_dtype('auto', torch.device('cpu')))[6:]}")
     print(f"FLOP floor: {flops / 1e9:.2f} GFLOP per image-step (forward to {LAYER} + input gradient)")
-    print("seconds per image-step (featvis: estimated for a 512-step render)")
-    print(_row("FLOP floor", floor, floor))
+    print("seconds per image-step (featvis: estimated for a 512-step render); 'x floor' is against the float32 floor")
+    print(_row("FLOP floor (float32)", floor, floor))
+    bf16_floor = (flops / rates[torch.bfloat16][0], flops / rates[torch.bfloat16][1])
+    print(_row("FLOP floor (bfloat16)", bf16_floor, floor))
     rows = {}
-    for batch in (int(b) for b in args.batches.split(",")):
-        rows[batch] = time_featvis(model, batch, args.steps, args.repeats)
-        print(_row(f"featvis batch {batch}", rows[batch], floor))
+    for precision in args.precisions.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            rows[precision, batch] = time_featvis(model, batch, args.steps, args.repeats, precision)
+            print(_row(f"featvis {precision} b{batch}", rows[precision, batch], floor))
     lucent = time_lucent(model, args.lucent_steps, args.repeats)
     if lucent is not None:
         print(_row("Lucent render_vis", lucent, floor))
-        best = max(rows)
-        print(f"featvis batch {best} is {lucent[0] / rows[best][0]:.2f}x (wall) / {lucent[1] / rows[best][1]:.2f}x (CPU) "
-              f"faster than Lucent per image (target >= 3.5x) and {rows[best][0] / floor[0]:.2f}x / "
-              f"{rows[best][1] / floor[1]:.2f}x the floor (target <= 1.6x)")
+    for precision in args.precisions.split(","):
+        batch = max(b for p, b in rows if p == precision)
+        best, own = rows[precision, batch], bf16_floor if precision == "bfloat16" else floor
+        versus = (f"{lucent[0] / best[0]:.2f}x (wall) / {lucent[1] / best[1]:.2f}x (CPU) faster than Lucent per image "
+                  "(target >= 3.5x), " if lucent else "")
+        print(f"featvis {precision} batch {batch}: {versus}{best[0] / floor[0]:.2f}x / {best[1] / floor[1]:.2f}x the float32 "
+              f"floor (target <= 1.6x), {best[0] / own[0]:.2f}x / {best[1] / own[1]:.2f}x its own precision's floor")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -100,6 +102,19 @@ def test_fused_conv_relu_equals_conv_then_relu_and_respects_probes():
             fused_grad, = torch.autograd.grad(got, x, g)
             assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvReLUBackward"
         assert torch.allclose(got, expected, atol=1e-6) and torch.allclose(fused_grad, grad, atol=1e-6)
+    # bfloat16: the fused layer equals the float32 reference to bfloat16's precision
+    x = torch.randn(2, 3, 33, 30).contiguous(memory_format=torch.channels_last).requires_grad_()
+    expected = net(x)
+    g = torch.randn_like(expected)
+    grad, = torch.autograd.grad(expected, x, g)
+    half = copy.deepcopy(net).to(torch.bfloat16)
+    xh = x.detach().to(torch.bfloat16).requires_grad_()
+    with fused_conv_relus(half) as pairs:
+        got = half(xh)
+        fused_grad, = torch.autograd.grad(got, xh, g.to(torch.bfloat16))
+        assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvReLUBackward"
+    assert (got.float() - expected).abs().max() < 0.05 * expected.abs().max()
+    assert (fused_grad.float() - grad).abs().max() < 0.05 * grad.abs().max()
     seen = []
     handle = first.register_forward_hook(lambda module, inputs, output: seen.append(output.min().item()))
     try:

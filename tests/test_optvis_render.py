@@ -13,6 +13,7 @@ import featvis
 from featvis.errors import FeatvisError
 from featvis.images import png_bytes
 from featvis.optvis import Objective, channel, diversity, natural_max, render
+from featvis.optvis.fast_layers import fast_layers
 from featvis.optvis.transforms import resize
 
 rendering = __import__("featvis.optvis.rendering", fromlist=["REDIRECT_STEPS"])
@@ -65,15 +66,46 @@ def test_dead_channel_of_a_small_model(monkeypatch):
     assert flat.activation == 0 and flat.image.std() < 0.01
 
 
-def test_same_seed_same_png_bytes(inceptionv1, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_same_seed_same_png_bytes(inceptionv1, tmp_path, monkeypatch, precision):
     monkeypatch.setattr(rendering, "REDIRECT_STEPS", 1)  # both phases (redirected, then fused conv + ReLU) in 3 steps
-    first = render(inceptionv1, ["mixed3a:3", "mixed3a:7@10,10"], steps=3, size=48, seed=5, progress=False, natural=False)
-    second = render(inceptionv1, ["mixed3a:3", "mixed3a:7@10,10"], steps=3, size=48, seed=5, progress=False, natural=False)
-    other = render(inceptionv1, ["mixed3a:3"], steps=3, size=48, seed=6, progress=False, natural=False)
+    kwargs = dict(steps=3, size=48, progress=False, natural=False, precision=precision)
+    first = render(inceptionv1, ["mixed3a:3", "mixed3a:7@10,10"], seed=5, **kwargs)
+    second = render(inceptionv1, ["mixed3a:3", "mixed3a:7@10,10"], seed=5, **kwargs)
+    other = render(inceptionv1, ["mixed3a:3"], seed=6, **kwargs)
     featvis.save_image(first[0].image, tmp_path / "a.png")
     featvis.save_image(second[0].image, tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert png_bytes(first[1].image) == png_bytes(second[1].image) and png_bytes(other[0].image) != png_bytes(first[0].image)
+
+
+def test_bfloat16_follows_the_float32_gradient_and_reports_float32_activations(inceptionv1):
+    """bfloat16 only changes the model's arithmetic while optimising: its input gradient points where
+    float32's does, the image beats natural photos, the reported activation is a float32
+    measurement and the weights come back bit for bit."""
+    before = {k: v.clone() for k, v in inceptionv1.state_dict().items()}
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    grads = []
+    for dtype in (torch.float32, torch.bfloat16):
+        with rendering._frozen(inceptionv1, dtype), fast_layers(inceptionv1):  # torch's own LRN has no bfloat16 CPU kernel
+            acts = featvis.capture(inceptionv1, x.to(dtype), ["mixed4a"], detach=False)
+            grads.append(torch.autograd.grad(acts["mixed4a"][:, 97].float().mean(), x)[0].flatten())
+    assert torch.cosine_similarity(*grads, dim=0) > 0.99
+    (result,) = render(inceptionv1, ["mixed4a:97"], steps=48, size=64, precision="bfloat16", progress=False)
+    assert result.activation == pytest.approx(_channel_mean(inceptionv1, result.image, "mixed4a", 97, 224), rel=1e-4)
+    assert result.ratio > 1
+    after = inceptionv1.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    assert rendering.compute_dtype("float32", cpu) is torch.float32
+    assert rendering.compute_dtype("bfloat16", cpu) is torch.bfloat16
+    amx = torch.cpu._is_amx_tile_supported()
+    assert rendering.compute_dtype("auto", cpu) is (torch.bfloat16 if amx else torch.float32)
+    with pytest.raises(FeatvisError, match="unknown precision 'half'; use one of auto, float32, bfloat16"):
+        rendering.compute_dtype("half", cpu)
 
 
 def test_a_batch_renders_what_separate_renders_do():

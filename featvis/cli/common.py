@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import FeatvisError
+from ..optvis import PRECISIONS
 from ..model import FeatvisModel
 from ..models import load_model
 
@@ -51,3 +52,10 @@ def model_from_args(args: argparse.Namespace, input_size: int | None = None) -> 
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, shared by the commands that optimise images (render, gallery)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the model's number format while optimising (default auto: bfloat16 on CPUs with AMX, "
+                             "else float32; activations are always reported in float32)")

@@ -16,7 +16,7 @@ from ..errors import FeatvisError
 from ..fileio import ensure_writable_dir
 from ..gallery import make_gallery, parse_shard, rebuild_index
 from ..gallery.job import DEFAULT_BATCH, DEFAULT_PATCHES
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, add_precision_arg, model_from_args, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -39,6 +39,7 @@ def add_parser(subparsers) -> None:
                         help=f"patches per channel with --images (default {DEFAULT_PATCHES})")
     parser.add_argument("--negative", action="store_true", help="also render each channel's negative visualization")
     parser.add_argument("--diversity", type=int, default=0, metavar="N", help="also render a diversity set of N images")
+    add_precision_arg(parser)
     parser.add_argument("--no-filters", dest="filters", action="store_false", help="leave out the first-layer filters")
     parser.add_argument("--shard", metavar="i/N", help="render shard i of N (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         report = make_gallery(model, args.layers, args.out, channels=args.channels, steps=args.steps, size=args.size,
                               batch=args.batch, seed=args.seed, images=args.images, patches=args.patches,
                               negative=args.negative, diversity=args.diversity, filters=args.filters, shard=shard,
-                              progress=not args.quiet)
+                              precision=args.precision, progress=not args.quiet)
     if args.json:
         print_json(report.to_json())
     else:

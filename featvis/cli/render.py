@@ -13,7 +13,7 @@ from ..fileio import ensure_writable_dir
 from ..figures import grid_shape
 from ..images import load_image, save_image
 from ..optvis import parse_spec, render
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, add_precision_arg, model_from_args, print_json
 
 GRID_GAP = 4  # px of white between images in a grid
 
@@ -33,6 +33,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--transforms", choices=("default", "none"), default="default", help="robustness transforms (default: the article's)")
     parser.add_argument("--init", metavar="IMAGE", help="start from this photo instead of noise")
     parser.add_argument("--thresholds", type=_steps, metavar="64,256,512", help="also save the images at these steps")
+    add_precision_arg(parser)
     out = parser.add_mutually_exclusive_group(required=True)
     out.add_argument("-o", "--out", metavar="OUT.png", help="one PNG (a grid when several specs)")
     out.add_argument("--out-dir", metavar="DIR", help="one PNG per spec in DIR")
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     objectives = [parse_spec(model, spec) for spec in args.specs]  # every spec checked before any optimisation
     results = render(model, objectives, steps=args.steps, size=args.size, batch=args.batch, seed=args.seed, param=args.param,
                      decorrelate=args.decorrelate, transforms=args.transforms, init=init, thresholds=args.thresholds,
-                     progress=sys.stderr.isatty())
+                     precision=args.precision, progress=sys.stderr.isatty())
     interrupted = len(results) < len(args.specs) or any(r.interrupted for r in results)
     if args.out:  # a threshold grid only where every image reached that step
         steps = set.intersection(*(set(r.images) for r in results)) - {results[0].steps}

@@ -27,7 +27,7 @@ from ..fileio import ensure_writable_dir
 from ..filters import filter_images
 from ..images import save_image
 from ..model import FeatvisModel, as_model
-from ..optvis import Objective, RenderResult, channel, diversity, render
+from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
 from ..optvis.objectives import INPUT
 from ..optvis.transforms import resize
 from ..probe import capture
@@ -155,7 +155,7 @@ class GalleryJob:
     def render(self, objectives: list[Objective], images: int) -> list[RenderResult]:
         """Render through the engine; a run cut short (Ctrl-C) is never recorded as finished."""
         results = render(self.model, objectives, steps=self.settings["steps"], size=self.settings["size"],
-                         batch=self.batch, seed=self.settings["seed"],
+                         batch=self.batch, seed=self.settings["seed"], precision=self.settings["precision"],
                          progress=self.progress and sys.stderr.isatty())
         if len(results) != images or any(r.interrupted or r.steps != self.settings["steps"] for r in results):
             raise KeyboardInterrupt
@@ -273,6 +273,7 @@ def make_gallery(
     diversity: int = 0,
     filters: bool = True,
     shard: tuple[int, int] | None = None,
+    precision: str = "auto",
     progress: bool = True,
 ) -> GalleryReport:
     """Render a gallery of ``layers`` (channels ``channels``, e.g. ``"0:16"``; all by default) into ``out``.
@@ -281,7 +282,8 @@ def make_gallery(
     torchrun's RANK/WORLD_SIZE) makes this process render every N-th unit; all shards may share
     ``out``. ``images`` is a folder of photos for each channel's top ``patches`` patches;
     ``negative`` adds negative visualizations, ``diversity`` (>= 2) a diversity set per channel,
-    ``filters`` the first convolution's kernels.
+    ``filters`` the first convolution's kernels; ``precision`` as for `render` (the resolved number
+    format is part of each image's settings).
     """
     root = ensure_writable_dir(out)
     fmodel = as_model(model)
@@ -297,7 +299,8 @@ def make_gallery(
     units = shard_units(plan_units(chosen, selections, batch), index, count)
     photos = read_photos(images, fmodel) if images is not None else None
     # what an image depends on; not the batch: the engine gives each image its own random draws
-    settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed)}
+    settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
+                "precision": str(compute_dtype(precision, fmodel.mean.device)).removeprefix("torch.")}
     job = GalleryJob(fmodel, root, units, (index, count), settings, batch, photos, int(patches), negative,
                      int(diversity), filters, progress)
     return job.run()

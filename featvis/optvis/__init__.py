@@ -1,6 +1,7 @@
 """Feature visualisation by activation maximisation (Olah, Mordvintsev & Schubert, Distill 2017).
 
-- `render(model, specs, ...)` -> list of `RenderResult` (image, activation, natural_max, ratio)
+- `render(model, specs, ...)` -> list of `RenderResult` (image, activation, natural_max, ratio);
+  ``precision="auto"`` optimises in bfloat16 on CPUs with AMX (`compute_dtype`), else float32
 - `parse_spec(model, "mixed4a:97")` -> `Objective` (grammar in `featvis.optvis.spec`)
 - objectives: `channel`, `neuron`, `deepdream`, `direction`, `direction_neuron`, `class_logit`,
   `diversity`, `caricature`, `interpolate`, `alignment`, penalties `l1`, `l2`,
@@ -17,13 +18,13 @@ from .objectives import (
 )
 from .param import FourierImage, PixelImage, make_param
 from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relus
-from .rendering import RenderResult, render
+from .rendering import PRECISIONS, RenderResult, compute_dtype, render
 from .spec import layer_shapes, parse_spec
 from .transforms import Transforms
 
 __all__ = [
-    "Objective", "RenderResult", "Transforms", "FourierImage", "PixelImage", "RedirectedReLU", "REDIRECT_STEPS",
-    "alignment", "blur", "caricature", "channel", "class_logit", "deepdream", "direction", "direction_neuron",
+    "Objective", "PRECISIONS", "RenderResult", "Transforms", "FourierImage", "PixelImage", "RedirectedReLU", "REDIRECT_STEPS",
+    "alignment", "blur", "caricature", "channel", "class_logit", "compute_dtype", "deepdream", "direction", "direction_neuron",
     "diversity", "interpolate", "l1", "l2", "layer_shapes", "make_param", "natural_max", "neuron", "parse_spec",
     "photo_crops", "redirected_relus", "render", "total_variation",
 ]

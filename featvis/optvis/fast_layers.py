@@ -127,7 +127,7 @@ def _input_grad_space_to_depth(grad: torch.Tensor, x: torch.Tensor, weight: torc
 
 
 def _fusable(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and torch.backends.mkldnn.is_available()
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4 and torch.backends.mkldnn.is_available()
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and not conv._forward_hooks
             and not conv._forward_pre_hooks and not nn.modules.module._global_forward_hooks)
 

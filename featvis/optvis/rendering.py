@@ -38,6 +38,7 @@ from .redirected_relu import REDIRECT_STEPS, redirected_relus
 from .spec import layer_shapes, parse_spec
 
 DEFAULT_BATCH = 16
+PRECISIONS = ("auto", "float32", "bfloat16")
 LEARNING_RATE = 0.05
 
 
@@ -76,6 +77,7 @@ def render(
     progress: bool = True,
     natural: bool = True,
     valid: str = "sigmoid",
+    precision: str = "auto",
 ) -> list[RenderResult]:
     """Render every spec (a string, see `parse_spec`, or an Objective); one result per image.
 
@@ -86,6 +88,8 @@ def render(
     `Transforms`. ``init``: a photo (tensor or path) to start from instead of noise.
     ``thresholds``: steps at which to keep images (0: the start; the last step always).
     ``natural``: also compute natural_max and ratio. ``interrupted`` results come from Ctrl-C.
+    ``precision``: the model's number format while optimising, "float32", "bfloat16" or "auto"
+    (see `compute_dtype`); images, objectives and the reported activations are float32 always.
     """
     model = as_model(model)
     items = [specs] if isinstance(specs, (str, Objective)) else list(specs)
@@ -105,7 +109,7 @@ def render(
     transform = tf.resolve(transforms)
     start = _init_image(init, size)
     settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,
-                    transform=transform, init=start, keep=keep)
+                    transform=transform, init=start, keep=keep, dtype=compute_dtype(precision, model.mean.device))
 
     results: list[RenderResult] = []
     chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
@@ -165,30 +169,46 @@ def _batched(chunk: list[tuple[Objective, str]]) -> Callable[[Acts], torch.Tenso
     return scores
 
 
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The model's number format while optimising. "auto" is bfloat16 on a CPU with AMX tiles, whose
+    bfloat16 matrix units are several times faster than its float32 ones (4.7x on the Xeon
+    featvis is developed on), and float32 everywhere else."""
+    if precision not in PRECISIONS:
+        raise FeatvisError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        amx = device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if amx else torch.float32
+    return getattr(torch, precision)
+
+
 @contextlib.contextmanager
-def _frozen(model: FeatvisModel) -> Iterator[None]:
-    """Eval mode, no parameter gradients and channels-last conv weights (what oneDNN wants for
-    channels-last inputs, instead of reordering the weights at every call) for the duration;
-    the previous state is restored exactly."""
+def _frozen(model: FeatvisModel, dtype: torch.dtype = torch.float32) -> Iterator[None]:
+    """Eval mode, no parameter gradients, floating parameters and buffers in ``dtype`` and
+    channels-last conv weights (what oneDNN wants for channels-last inputs, instead of
+    reordering the weights at every call) for the duration; the previous state is restored exactly."""
     training = model.training
     saved = [(p, p.requires_grad, p.data) for p in model.parameters()]
+    buffers = [(b, b.data) for b in model.buffers() if b.is_floating_point()]
     try:
         model.eval()
         for p, _, data in saved:
             p.requires_grad_(False)
-            if data.dim() == 4:
-                p.data = data.contiguous(memory_format=torch.channels_last)
+            p.data = data.to(dtype, memory_format=torch.channels_last if data.dim() == 4 else torch.preserve_format)
+        for b, data in buffers:
+            b.data = data.to(dtype)
         yield
     finally:
         model.train(training)
         for p, flag, data in saved:
             p.data = data
             p.requires_grad_(flag)
+        for b, data in buffers:
+            b.data = data
 
 
 def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm, *, steps: int, size: int, scale: int,
               seed: int, param: str, decorrelate: bool, valid: str, transform: tf.Transforms | None,
-              init: torch.Tensor | None, keep: list[int]) -> list[RenderResult]:
+              init: torch.Tensor | None, keep: list[int], dtype: torch.dtype) -> list[RenderResult]:
     device = model.mean.device
     images_of = [(name, i) for objective, name in chunk for i in range(objective.span)]
     generators = [torch.Generator().manual_seed(_image_seed(seed, objective.name, i)) for objective, _ in chunk
@@ -202,36 +222,37 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
     done, interrupted = 0, False
 
     probing = Probe(model, layers, early_exit=True, detach=False) if layers else contextlib.nullcontext()
-    with _frozen(model), fast_layers(model), probing as probe:
-        def activations(images: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            acts = probe(x.contiguous(memory_format=torch.channels_last)) if layers else {}
-            return {**acts, INPUT: images}
+    with fast_layers(model), probing as probe:
+        def activations(images: torch.Tensor, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+            acts = probe(x.to(dtype, memory_format=torch.channels_last)) if layers else {}
+            return {**{k: v.float() for k, v in acts.items()}, INPUT: images}
 
         phase = contextlib.ExitStack()  # redirected ReLUs first, then the fused (plain) conv + ReLU pairs
         try:
-            phase.enter_context(redirected_relus(model))
-            if 0 in keep:
-                kept[0] = image_param().detach().cpu()
-            for step in range(steps):
-                if step == REDIRECT_STEPS:
-                    phase.close()
-                    phase.enter_context(fused_conv_relus(model))
-                images = image_param()
-                x = tf.apply(images, thetas[step], scale, transform.fill) if transform else tf.resize(images, scale)
-                loss = -scores(activations(images, x)).sum()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                done = step + 1
-                bar.update(1)
-                if done in keep:
-                    kept[done] = image_param().detach().cpu()
+            with _frozen(model, dtype):
+                phase.enter_context(redirected_relus(model))
+                if 0 in keep:
+                    kept[0] = image_param().detach().cpu()
+                for step in range(steps):
+                    if step == REDIRECT_STEPS:
+                        phase.close()
+                        phase.enter_context(fused_conv_relus(model))
+                    images = image_param()
+                    x = tf.apply(images, thetas[step], scale, transform.fill) if transform else tf.resize(images, scale)
+                    loss = -scores(activations(images, x, dtype)).sum()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    done = step + 1
+                    bar.update(1)
+                    if done in keep:
+                        kept[done] = image_param().detach().cpu()
         except KeyboardInterrupt:
             interrupted = True
         finally:
             phase.close()
 
-        with torch.no_grad():
+        with _frozen(model), torch.no_grad():
             final = image_param()
             values = scores(activations(final, tf.resize(final, scale)))
     final = final.detach().cpu()

@@ -9,7 +9,7 @@ standard deviation below 0.02, the flat grey that plain gradient ascent gives fo
 are dead at a noise start; target 0%). The sample includes, per layer, channels that are zero
 everywhere for the noise start whenever the layer has some.
 
-    python benchmarks/bench_quality.py [--per-layer 2] [--steps 128] [--seed 0]
+    python benchmarks/bench_quality.py [--per-layer 2] [--steps 128] [--seed 0] [--precision auto]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--per-layer", type=int, default=2, help="channels sampled per mixed layer (default 2)")
     parser.add_argument("--steps", type=int, default=128, help="optimisation steps (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the channel sample and of the renders (default 0)")
+    parser.add_argument("--precision", default="auto", help="render precision: auto, float32 or bfloat16 (default auto)")
     args = parser.parse_args()
 
     model = featvis.load_model("inceptionv1", progress=False)
@@ -53,7 +54,8 @@ def main() -> None:
         dead = sorted(dead_at_start(model, layer))
         picks = rng.sample(dead, 1) if dead else []  # always include a channel that is dead at the start
         picks += rng.sample(sorted(set(range(count)) - set(picks)), args.per_layer - len(picks))
-        for result in render(model, [f"{layer}:{c}" for c in picks], steps=args.steps, size=SIZE, seed=args.seed, progress=False):
+        for result in render(model, [f"{layer}:{c}" for c in picks], steps=args.steps, size=SIZE, seed=args.seed,
+                             precision=args.precision, progress=False):
             flat = float(result.image.std()) < FLAT_STD
             channel = int(result.spec.split(":")[1])
             rows.append((result, flat))
@@ -62,7 +64,7 @@ def main() -> None:
                   f"{'  FLAT' if flat else ''}", flush=True)
     beat = sum(1 for r, _ in rows if r.ratio is not None and r.ratio > 1)
     flat = sum(1 for _, f in rows if f)
-    print(f"{len(rows)} channels from {len(LAYERS)} mixed layers, {args.steps} steps, {SIZE} px, "
+    print(f"{len(rows)} channels from {len(LAYERS)} mixed layers, {args.steps} steps, {SIZE} px, precision {args.precision}, "
           f"{time.perf_counter() - start:.0f} s")
     print(f"ratio > 1 (beats every natural photo): {beat}/{len(rows)} = {beat / len(rows):.0%}   (target 100%)")
     print(f"flat images (std < {FLAT_STD}): {flat}/{len(rows)} = {flat / len(rows):.0%}   (target 0%)")

@@ -16,6 +16,8 @@ Public API (everything a notebook needs):
   (exact for any graph; ``register_rule`` for your own layers), ``effective_receptive_field`` (Luo et al.).
 - Feature visualization: ``render(model, specs, ...)`` -> list of ``RenderResult``; specs like
   ``"mixed4a:97"`` (``parse_spec``) or ``objectives`` combined with + - *; ``natural_max``.
+  ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
+  faster), float32 elsewhere; reported activations are float32 measurements.
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 """
 

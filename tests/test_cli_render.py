@@ -62,6 +62,15 @@ def test_one_png_grid_and_text_output(small, tmp_path, capsys):
     assert len(lines) == 3 and lines[0].startswith("4:1: activation ") and lines[0].endswith("-> grid.png")
 
 
+def test_precision_flag_reaches_the_optimisation(small, tmp_path, capsys):
+    """float32 twice gives the same bytes; bfloat16 arithmetic gives a (slightly) different image."""
+    for name, precision in [("a.png", "float32"), ("b.png", "float32"), ("c.png", "bfloat16")]:
+        code, _, _ = _run(capsys, "render", small, "4:1", "--steps", "3", "--size", "16", "--precision", precision, "-o", name)
+        assert code == 0
+    a, b, c = (featvis.load_image(tmp_path / n) for n in ("a.png", "b.png", "c.png"))
+    assert torch.equal(a, b) and not torch.equal(a, c) and (a - c).abs().mean() < 0.03
+
+
 def test_init_photo(small, tmp_path, capsys, coffee):
     featvis.save_image(coffee, tmp_path / "coffee.png")
     code, out, _ = _run(capsys, "render", small, "4:1", "--steps", "1", "--size", "24", "--init", "coffee.png",

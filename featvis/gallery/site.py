@@ -116,7 +116,7 @@ class Site:
             "layer": info["name"],
             "layer_path": info["path"],
             "channel": channel,
-            **{name: settings.get(name) for name in ("seed", "steps", "size")},
+            **{name: settings.get(name) for name in ("seed", "steps", "size", "precision")},
             **positive.result,
         }
         for kind in ("negative", "diversity"):
@@ -195,7 +195,7 @@ class Site:
                                tag("figcaption", "negative ", tag("code", neg["spec"])), class_="big"))
         sections.append(tag("div", figures, class_="grid"))
         rows = [("spec", data["spec"]), ("seed", data["seed"]), ("steps", data["steps"]), ("size", data["size"]),
-                ("batch", data["batch"]), ("activation reached", _number(data["activation"])),
+                ("batch", data["batch"]), ("precision", data["precision"]), ("activation reached", _number(data["activation"])),
                 ("best natural photo", _number(data.get("natural_max"))), ("ratio", _ratio(data.get("ratio")))]
         if data["negative"]:
             rows.append(("negative: objective reached", _number(data["negative"]["activation"])))

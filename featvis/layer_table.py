@@ -12,7 +12,9 @@ from .model import FeatvisModel
 def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict]:
     """One row per addressable layer: ``{"name", "type", "output_shape": [C, H, W] | None, "aliases"}``.
 
-    Shapes are measured by one forward pass of a blank image of ``input_size`` pixels.
+    Shapes are measured by one forward pass of a blank image of ``input_size`` pixels. A concat
+    layer (``model.concats``) gets type ``Concat`` and ``"concat"``, its parts' module paths; it is
+    listed after its last part.
     """
     size = input_size or model.input_size
     shapes: dict[str, list[int]] = {}
@@ -33,8 +35,19 @@ def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict
     finally:
         for handle in handles:
             handle.remove()
-    return [
+    rows = [
         {"name": path, "type": type(module).__name__, "output_shape": shapes.get(path), "aliases": model.aliases_of(path)}
         for path, module in model.net.named_modules()
         if path
     ]
+    rows += [{"name": name, "type": "Concat", "output_shape": _concat_shape([shapes.get(path) for path in parts]),
+              "aliases": [], "concat": list(parts)} for name, parts in model.concats.items()]
+    order = {path: index for index, path in enumerate(model.layer_names())}
+    return sorted(rows, key=lambda row: (max(order[path] for path in row.get("concat", [row["name"]])), "concat" in row))
+
+
+def _concat_shape(shapes: list[list[int] | None]) -> list[int] | None:
+    """The shape of maps joined along channels: the channels add up, the rest is the first part's."""
+    if any(shape is None for shape in shapes):
+        return None
+    return [sum(shape[0] for shape in shapes), *shapes[0][1:]]

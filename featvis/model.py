@@ -25,7 +25,10 @@ class FeatvisModel(nn.Module):
 
     ``net`` sees ``(flip_to_bgr(x) * scale - mean) / std``, or ``preprocess(x)`` when a
     preprocessing callable is given. ``aliases`` maps extra layer names to module paths of
-    ``net`` (e.g. ``mixed4a`` -> ``inception4a``).
+    ``net`` (e.g. ``mixed4a`` -> ``inception4a``). ``concats`` names layers that no module
+    outputs: the concatenation along channels of several modules' outputs (e.g. Lucid's
+    ``mixed4a_pre_relu``, the four branches of ``inception4a`` before their ReLUs); probes and
+    renders take them, analyses that need one module (receptive fields, saliency) refuse them.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class FeatvisModel(nn.Module):
         scale: float = 1.0,
         labels: Sequence[str] | None = None,
         aliases: Mapping[str, str] | None = None,
+        concats: Mapping[str, Sequence[str]] | None = None,
         preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
@@ -54,6 +58,12 @@ class FeatvisModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self._paths = {path for path, _ in net.named_modules() if path}
+        self.concats = {layer: tuple(parts) for layer, parts in (concats or {}).items()}
+        clashes = [layer for layer in self.concats if layer in self._paths or layer in self.aliases]
+        unknown = [path for parts in self.concats.values() for path in parts if path not in self._paths]
+        if clashes or unknown:
+            raise FeatvisError(f"bad concat layers for {self.name}: {', '.join(clashes + unknown)} clash with module names "
+                               "or aliases or are not module paths; give new names, and module paths as parts")
 
     @classmethod
     def wrap(cls, net: "nn.Module | FeatvisModel", **kwargs) -> "FeatvisModel":
@@ -93,15 +103,28 @@ class FeatvisModel(nn.Module):
         return [alias for alias, target in self.aliases.items() if target == path]
 
     def resolve(self, layer: str) -> str:
-        """The module path for a layer name or alias; unknown names list the closest valid ones."""
+        """The module path for a layer name or alias; unknown names list the closest valid ones.
+
+        A concat layer has no single module: it is refused with the names of its parts.
+        """
         if layer in self._paths:
             return layer
         if layer in self.aliases:
             return self.aliases[layer]
-        candidates = sorted(self._paths | set(self.aliases))
+        if layer in self.concats:
+            parts = self.concats[layer]
+            example = (self.aliases_of(parts[0]) or [parts[0]])[0]
+            raise FeatvisError(f"layer '{layer}' concatenates {len(parts)} modules ({', '.join(parts)}), not one; "
+                               f"here name a single module, e.g. its part {example}")
+        candidates = sorted(self._paths | set(self.aliases) | set(self.concats))
         close = difflib.get_close_matches(layer, candidates, n=5, cutoff=0.5)
         hint = f"closest: {', '.join(close)}" if close else "list them with `featvis layers MODEL`"
         raise FeatvisError(f"unknown layer '{layer}' in {self.name}; {hint}")
+
+    def parts(self, layer: str) -> tuple[str, ...]:
+        """The module paths whose outputs, concatenated along channels, are ``layer``'s output:
+        one path for a module or alias, several for a concat layer. Also a cache key per layer."""
+        return self.concats[layer] if layer in self.concats else (self.resolve(layer),)
 
     def module(self, layer: str) -> nn.Module:
         return self.net.get_submodule(self.resolve(layer))

@@ -2,7 +2,9 @@
 
 ``early_exit=True`` stops the forward pass as soon as every requested layer has produced its
 output, so optimising an objective on ``mixed4a`` never pays for ``mixed5b`` and the classifier.
-A module that runs several times in one forward pass is captured at its first call.
+A module that runs several times in one forward pass is captured at its first call. A concat
+layer (``FeatvisModel.concats``, e.g. ``mixed4a_pre_relu``) is captured as the concatenation along
+channels of its parts' outputs; early exit waits for every part.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class _StopForward(Exception):
 
 
 class Probe:
-    """Context manager that records the outputs of ``layers`` (names or aliases) of ``model``.
+    """Context manager that records the outputs of ``layers`` (names, aliases or concat layers) of ``model``.
 
     >>> with Probe(model, ["mixed4a", "conv2d0"], early_exit=True) as probe:
     ...     acts = probe(images)          # {"mixed4a": Tensor, "conv2d0": Tensor}
@@ -34,7 +36,8 @@ class Probe:
         self.layers = list(dict.fromkeys(layers))
         if not self.layers:
             raise FeatvisError("no layers given to probe; name at least one layer")
-        self.paths = {layer: self.model.resolve(layer) for layer in self.layers}
+        self.parts = {layer: self.model.parts(layer) for layer in self.layers}
+        self.paths = list(dict.fromkeys(path for parts in self.parts.values() for path in parts))
         self.early_exit = early_exit
         self.detach = detach
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -42,7 +45,7 @@ class Probe:
 
     def __enter__(self) -> "Probe":
         try:
-            for path in dict.fromkeys(self.paths.values()):
+            for path in self.paths:
                 self._handles.append(self.model.net.get_submodule(path).register_forward_hook(self._hook(path)))
         except BaseException:
             self.remove()
@@ -58,15 +61,13 @@ class Probe:
         self._handles.clear()
 
     def _hook(self, path: str):
-        wanted = len(set(self.paths.values()))
-
         def hook(module: nn.Module, inputs, output) -> None:
             if path in self._outputs:
                 return
             if not isinstance(output, torch.Tensor):
                 raise FeatvisError(f"layer '{path}' outputs {type(output).__name__}, not a tensor; probe a layer with tensor output")
             self._outputs[path] = output.detach().clone() if self.detach else output
-            if self.early_exit and len(self._outputs) == wanted:
+            if self.early_exit and len(self._outputs) == len(self.paths):
                 raise _StopForward
 
         return hook
@@ -80,12 +81,17 @@ class Probe:
             self.model(x)
         except _StopForward:
             pass
-        missing = [layer for layer, path in self.paths.items() if path not in self._outputs]
+        missing = [layer for layer, parts in self.parts.items() if any(path not in self._outputs for path in parts)]
         if missing:
             raise FeatvisError(f"layer(s) {', '.join(missing)} did not run in the forward pass; probe layers the model uses")
-        outputs = {layer: self._outputs[path] for layer, path in self.paths.items()}
+        outputs = {layer: _concat([self._outputs[path] for path in parts]) for layer, parts in self.parts.items()}
         self._outputs = {}
         return outputs
+
+
+def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One part's output as is; several joined along channels (dimension 1)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)
 
 
 def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, early_exit: bool = True, detach: bool = True) -> dict[str, torch.Tensor]:

@@ -40,6 +40,19 @@ def test_layers_json(weights_dir, capsys):
     assert {row["name"]: row for row in json.loads(out)}["inception4a"]["output_shape"] == [512, 8, 8]
 
 
+def test_layers_lists_concat_layers_after_their_last_part(weights_dir, capsys):
+    parts = ["inception4a.branch1.conv", "inception4a.branch2.1.conv", "inception4a.branch3.1.conv", "inception4a.branch4.1.conv"]
+    code, out, _ = _run(capsys, "layers", "inceptionv1", "--json")
+    names = [row["name"] for row in json.loads(out)]
+    row = json.loads(out)[names.index("mixed4a_pre_relu")]
+    assert code == 0 and row == {"name": "mixed4a_pre_relu", "type": "Concat", "output_shape": [512, 14, 14], "aliases": [],
+                                 "concat": parts}
+    assert names[names.index("mixed4a_pre_relu") - 1] == parts[-1]
+    code, out, _ = _run(capsys, "layers", "inceptionv1")
+    (line,) = [line for line in out.splitlines() if line.startswith("mixed4a_pre_relu ")]
+    assert code == 0 and line.split()[1:3] == ["Concat", "512x14x14"] and line.endswith(f"(concat of {' + '.join(parts)})")
+
+
 def test_classify_json_with_any_image_mode(weights_dir, coffee, tmp_path, capsys):
     rgb = (coffee.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "coffee.jpg", quality=95)

@@ -51,6 +51,20 @@ def test_out_dir_json_and_thresholds(inceptionv1, tmp_path, capsys):
     assert rows[0]["ratio"] == pytest.approx(rows[0]["activation"] / rows[0]["natural_max"])
 
 
+def test_negative_spec_on_a_concat_layer(inceptionv1, tmp_path, capsys):
+    code, out, _ = _run(capsys, "render", "inceptionv1", "-mixed4a_pre_relu:97", "--steps", "2", "--size", "32",
+                        "--out-dir", str(tmp_path), "--json")
+    (row,) = json.loads(out)
+    assert code == 0 and row["path"] == str(tmp_path / "neg_mixed4a_pre_relu_97.png") and row["natural_max"] is not None
+    image = featvis.load_image(row["path"])
+    with torch.no_grad():  # the reported activation, re-measured on the saved 8-bit PNG: minus the pre-ReLU channel
+        measured = featvis.capture(inceptionv1, resize(image[None], 224), ["mixed4a_pre_relu"])["mixed4a_pre_relu"][0, 97].mean()
+    assert float(-measured) == pytest.approx(row["activation"], rel=0.02)
+    code, out, err = _run(capsys, "render", "inceptionv1", "mixed4a_pre_relu:600", "-o", str(tmp_path / "never.png"))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "channel 600 is out of range for mixed4a_pre_relu, which has 512 channels; use 0..511" in err
+
+
 def test_one_png_grid_and_text_output(small, tmp_path, capsys):
     code, out, err = _run(capsys, "render", small, "4:1", "4:2", "4:3", "--steps", "2", "--size", "16", "-o", "grid.png",
                           "--param", "pixel", "--no-decorrelate", "--transforms", "none", "--seed", "3", "--batch", "2")

@@ -10,7 +10,9 @@ import torchvision
 from torch import nn
 
 import featvis
-from featvis.models.inceptionv1 import CAFFE_LAYERS, InceptionV1
+from featvis.filters import conv_layer
+from featvis.gallery.plan import resolve_layers
+from featvis.models.inceptionv1 import BLOCKS, CAFFE_LAYERS, InceptionV1
 
 
 def _prototxt_layers(text: str) -> dict[str, dict[str, int]]:
@@ -66,6 +68,24 @@ def test_inceptionv1_layer_shapes_and_aliases(inceptionv1):
     assert acts["conv2d0"].shape == (1, 64, 112, 112)
     assert acts["mixed5b"].shape == (1, 1024, 7, 7)
     assert inceptionv1.resolve("mixed4a_3x3_pre_relu") == "inception4a.branch2.1.conv"
+
+
+def test_concat_pre_relu_layers_and_where_they_are_refused(inceptionv1, coffee):
+    """mixedXX_pre_relu joins the branch pre-activations in Inception.forward's order; analyses that
+    need one module refuse it with one line naming a part to use instead."""
+    for block in BLOCKS:
+        branches = [f"mixed{block}_{branch}_pre_relu" for branch in ("1x1", "3x3", "5x5", "pool_reduce")]
+        assert inceptionv1.parts(f"mixed{block}_pre_relu") == tuple(map(inceptionv1.resolve, branches))
+    assert inceptionv1.parts("mixed4a") == ("inception4a",)
+    refusal = (r"^layer 'mixed4a_pre_relu' concatenates 4 modules \(inception4a\.branch1\.conv, .*branch4\.1\.conv\), not one; "
+               r"here name a single module, e\.g\. its part mixed4a_1x1_pre_relu$")
+    for use in (inceptionv1.resolve, lambda layer: featvis.receptive_field(inceptionv1, layer),
+                lambda layer: conv_layer(inceptionv1, layer), lambda layer: resolve_layers(inceptionv1, [layer]),
+                lambda layer: featvis.saliency(inceptionv1, coffee, "gradcam", layer=layer)):
+        with pytest.raises(featvis.FeatvisError, match=refusal):
+            use("mixed4a_pre_relu")
+    with pytest.raises(featvis.FeatvisError, match="bad concat layers for model: 0, 9 clash with module names"):
+        featvis.as_model(nn.Sequential(nn.Conv2d(3, 2, 1)), concats={"0": ["0"], "both": ["0", "9"]})
 
 
 def test_relus_are_modules(inceptionv1):

@@ -93,6 +93,9 @@ def test_spec_grammar(inceptionv1):
         "fc:954": ("fc:954", ["fc"]),
         "class:banana": ("class:banana", ["fc"]),
         "inception4a.branch2.1.conv:3": ("inception4a.branch2.1.conv:3", ["inception4a.branch2.1.conv"]),
+        "-mixed4a_pre_relu:97": ("-mixed4a_pre_relu:97", ["mixed4a_pre_relu"]),
+        "mixed4a_pre_relu:97@7,7": ("mixed4a_pre_relu:97@7,7", ["mixed4a_pre_relu"]),
+        "mixed4a_pre_relu": ("mixed4a_pre_relu", ["mixed4a_pre_relu"]),
     }
     for text, (name, layers) in cases.items():
         objective = parse_spec(inceptionv1, text)
@@ -114,6 +117,9 @@ def test_spec_grammar(inceptionv1):
     ("class:bananna", "class 'bananna' at characters 7-13; closest: banana"),
     ("mixed4a:512", "channel 512 is out of range for mixed4a, which has 512 channels; use 0..511"),
     ("mixed4a:1@14,0", "position 14,0 is outside mixed4a's 14x14 map"),
+    ("mixed4a_pre_relu:600", "channel 600 is out of range for mixed4a_pre_relu, which has 512 channels; use 0..511"),
+    ("mixed4a_pre_relu:1@0,14", "position 0,14 is outside mixed4a_pre_relu's 14x14 map"),
+    ("mixed4a_pre_rel:1", "'mixed4a_pre_rel' at characters 1-15; closest: mixed4a_pre_relu"),
     ("fc:3@1,1", "fc has no spatial map"),
     ("", "nothing to visualise"),
 ])

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import featvis
+from featvis.optvis.fast_layers import fused_conv_relus
 
 
 def _net() -> nn.Sequential:
@@ -63,3 +64,44 @@ def test_unknown_layer_lists_closest_names(inceptionv1):
         featvis.Probe(inceptionv1, ["mixed4f"])
     with pytest.raises(featvis.FeatvisError, match=r"unknown layer 'inception4z'.*inception4"):
         featvis.capture(inceptionv1, torch.rand(1, 3, 32, 32), ["inception4z"])
+
+
+BRANCHES = ["mixed4a_1x1_pre_relu", "mixed4a_3x3_pre_relu", "mixed4a_5x5_pre_relu", "mixed4a_pool_reduce_pre_relu"]
+
+
+def test_concat_layer_joins_the_branch_pre_activations_and_exits_early(inceptionv1):
+    """mixed4a_pre_relu is torch.cat of the four branch convolutions (Lucid's name); its ReLU is mixed4a."""
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    acts = featvis.capture(inceptionv1, x, ["mixed4a_pre_relu", "mixed4a", *BRANCHES])
+    concat = acts["mixed4a_pre_relu"]
+    assert concat.shape == (1, 512, 14, 14) and concat.min() < 0
+    assert torch.equal(concat, torch.cat([acts[name] for name in BRANCHES], 1))
+    assert torch.equal(concat.relu(), acts["mixed4a"])
+    later = []  # the probe stops once the last part ran: not even that branch's ReLU runs
+    handles = [inceptionv1.net.get_submodule(path).register_forward_hook(lambda *a: later.append(1))
+               for path in ("inception4a.branch4.1.relu", "inception4b")]
+    try:
+        featvis.capture(inceptionv1, x, ["mixed4a_pre_relu"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert later == [] and _hook_count(inceptionv1) == 0
+    with fused_conv_relus(inceptionv1):  # rendering's fused conv + ReLU leaves the probed convolutions alone
+        assert torch.equal(featvis.capture(inceptionv1, x, ["mixed4a_pre_relu"])["mixed4a_pre_relu"], concat)
+
+
+def test_concat_layer_gradient_equals_the_gradient_through_its_parts(inceptionv1):
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(512, generator=torch.Generator().manual_seed(2))  # every branch takes part
+
+    def input_gradient(layers, join):
+        leaf = x.clone().requires_grad_(True)
+        with featvis.Probe(inceptionv1, layers, early_exit=True, detach=False) as probe:
+            act = join(probe(leaf))
+        (act.mean((2, 3)) * weights).sum().backward()
+        return leaf.grad
+
+    concat = input_gradient(["mixed4a_pre_relu"], lambda acts: acts["mixed4a_pre_relu"])
+    parts = input_gradient(BRANCHES, lambda acts: torch.cat([acts[name] for name in BRANCHES], 1))
+    assert concat.abs().sum() > 0 and torch.allclose(concat, parts, rtol=1e-5, atol=1e-8)
+    assert all(p.grad is None for p in inceptionv1.parameters())

@@ -1,4 +1,5 @@
-"""`featvis layers MODEL`: every addressable layer with its type and output shape."""
+"""`featvis layers MODEL`: every addressable layer with its type and output shape; concat layers
+(e.g. ``mixed4a_pre_relu``) name the modules whose outputs they join."""
 
 from __future__ import annotations
 
@@ -25,5 +26,6 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
         aliases = f"  ({', '.join(row['aliases'])})" if row["aliases"] else ""
-        print(f"{row['name']:<{width}}  {row['type']:<18} {shape}{aliases}")
+        parts = f"  (concat of {' + '.join(row['concat'])})" if "concat" in row else ""
+        print(f"{row['name']:<{width}}  {row['type']:<18} {shape}{aliases}{parts}")
     return 0

@@ -21,7 +21,8 @@ GRID_GAP = 4  # px of white between images in a grid
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("render", help="feature visualisation: images that maximise units, channels, layers, classes",
                                    description="SPEC: mixed4a:97 (channel), mixed4a:97@7,7 (neuron at row,col), -mixed4a:97 "
-                                               "(negative), mixed4a (DeepDream), fc:954 or class:banana (class logit).")
+                                               "(negative; -mixed4a_pre_relu:97 before the ReLU), mixed4a (DeepDream), "
+                                               "fc:954 or class:banana (class logit).")
     add_model_args(parser)
     parser.add_argument("specs", nargs="+", metavar="SPEC", help="what to visualise (see above)")
     parser.add_argument("--steps", type=int, default=512, help="optimisation steps (default 512)")

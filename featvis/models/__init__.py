@@ -26,7 +26,7 @@ from ..errors import FeatvisError
 from ..labels import imagenet_labels
 from ..model import FeatvisModel
 from ..weights import BVLC_GOOGLENET, SQUEEZENET1_1, apply_state_dict, load_caffe_weights, load_state_dict_file
-from .inceptionv1 import BLOCKS, CAFFE_LAYERS, LUCID_ALIASES, InceptionV1
+from .inceptionv1 import BLOCKS, CAFFE_LAYERS, LUCID_ALIASES, LUCID_CONCATS, InceptionV1
 
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 BUILTIN = ("inceptionv1", "googlenet", "squeezenet1_1")
@@ -37,7 +37,7 @@ def inceptionv1(weights: str | os.PathLike | None = None, progress: bool = True)
     net = InceptionV1()
     load_caffe_weights(net, BVLC_GOOGLENET, CAFFE_LAYERS, weights, progress=progress)
     return FeatvisModel(net, name="inceptionv1", input_size=224, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), bgr=True,
-                        scale=255.0, labels=imagenet_labels(), aliases=LUCID_ALIASES)
+                        scale=255.0, labels=imagenet_labels(), aliases=LUCID_ALIASES, concats=LUCID_CONCATS)
 
 
 def squeezenet1_1(weights: str | os.PathLike | None = None, progress: bool = True) -> FeatvisModel:

@@ -112,3 +112,11 @@ LUCID_ALIASES: dict[str, str] = {
     **{f"mixed{b}_{lucid}_pre_relu": f"inception{b}.{path}.conv" for b in BLOCKS for path, (_, lucid) in _BRANCHES.items()},
     **{f"mixed{b}_pool": f"inception{b}.branch4.0" for b in BLOCKS},
 }
+
+#: Lucid's concat-level pre-activations: the four branch outputs that ``Inception.forward``
+#: concatenates, taken before their ReLUs, in its order; relu(``mixed4a_pre_relu``) is ``mixed4a``.
+#: Negative visualizations need them: minimising a ReLU output only drives it to zero.
+LUCID_CONCATS: dict[str, tuple[str, ...]] = {
+    f"mixed{b}_pre_relu": tuple(f"inception{b}.{branch}.conv" for branch in ("branch1", "branch2.1", "branch3.1", "branch4.1"))
+    for b in BLOCKS
+}

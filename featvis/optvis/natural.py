@@ -56,14 +56,14 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
     crops = photo_crops(size).to(model.mean.device)
     cache = _ACTS.setdefault(model, OrderedDict())
     wanted = [layer for layer in dict.fromkeys(layers) if layer != INPUT]
-    missing = [layer for layer in wanted if (model.resolve(layer), size) not in cache]
+    missing = [layer for layer in wanted if (model.parts(layer), size) not in cache]
     if missing:
         chunks = [capture(model, crops[i : i + CHUNK], missing) for i in range(0, len(crops), CHUNK)]
         for layer in missing:
-            cache[(model.resolve(layer), size)] = torch.cat([chunk[layer] for chunk in chunks])
+            cache[(model.parts(layer), size)] = torch.cat([chunk[layer] for chunk in chunks])
     result = {INPUT: crops}
     for layer in wanted:
-        key = (model.resolve(layer), size)
+        key = (model.parts(layer), size)
         cache.move_to_end(key)
         result[layer] = cache[key]
     while len(cache) > max(CACHED_LAYERS, len(wanted)):

@@ -1,14 +1,19 @@
 """`render`: activation maximisation, many objectives at once, as in Olah et al., Distill 2017.
 
 Each objective gets its own images of one batch, parameterised (`param`), transformed
-(`transforms`) and fed to the frozen model (channels-last, slow layers replaced by exact faster
-stand-ins, `fast_layers`, conv + ReLU pairs fused after the redirected steps), whose forward pass stops at the deepest layer the objectives need
-(`Probe(early_exit=True)`). Adam (lr 0.05) raises the sum of all objectives, so every image
-follows only its own objective. The first `REDIRECT_STEPS` steps
-use the redirected-ReLU gradient so that channels dead for a noise start still get a picture.
+(`transforms`) and fed to the frozen model, whose forward pass stops at the deepest layer the
+objectives need (`Probe(early_exit=True)`). Adam (lr 0.05) raises the sum of all objectives, so
+every image follows only its own objective. The first `REDIRECT_STEPS` steps use the
+redirected-ReLU gradient so that channels dead for a noise start still get a picture.
+
+Speed: the model runs channels-last, with slow layers replaced by exact faster stand-ins
+(`fast_layers`), conv + ReLU pairs fused after the redirected steps and, with
+``precision="auto"`` on a CPU with AMX, its weights and activations in bfloat16 (the image,
+its transforms, the objectives and the final measurement stay float32).
+
 Random draws (initial noise, transforms) come from one generator per image seeded by
-(seed, objective's canonical name, image index): the same settings give the same image whatever else is
-in the batch, and the same PNG byte for byte on the same machine. Ctrl-C stops the
+(seed, objective's name as given, image index): the same settings give the same image whatever
+else is in the batch, and the same PNG byte for byte on the same machine. Ctrl-C stops the
 optimisation and returns the images reached so far.
 """
 

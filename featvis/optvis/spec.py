@@ -9,9 +9,11 @@ Grammar (whitespace around the spec is ignored)::
               | LAYER ":" CHANNEL "@" WHERE neuron: one position of the channel's map
     WHERE    := Y "," X | "center"          row, column of the layer's map (0-based)
 
-``LAYER`` is a module path or alias (``mixed4a``, ``inception4a.branch2``, ``fc``); for a layer
-without a map (``fc``) ``LAYER:CHANNEL`` is that output, e.g. the logit ``fc:954``. Examples:
-``mixed4a:97``, ``mixed4a:97@7,7``, ``-mixed4a:97``, ``mixed4a``, ``fc:954``, ``class:banana``.
+``LAYER`` is a module path, alias or concat layer (``mixed4a``, ``inception4a.branch2``, ``fc``,
+``mixed4a_pre_relu``); for a layer without a map (``fc``) ``LAYER:CHANNEL`` is that output, e.g.
+the logit ``fc:954``. Examples: ``mixed4a:97``, ``mixed4a:97@7,7``, ``-mixed4a:97``, ``mixed4a``,
+``fc:954``, ``class:banana``; ``-mixed4a_pre_relu:97`` for a negative visualisation that the ReLU
+of ``mixed4a`` does not flatten.
 Errors quote the offending part of the spec and its character positions.
 """
 
@@ -28,7 +30,7 @@ from ..model import FeatvisModel, as_model
 from ..probe import capture
 from .objectives import INPUT, Objective, Shapes, channel, class_logit, deepdream, neuron
 
-_SHAPES: "weakref.WeakKeyDictionary[FeatvisModel, dict[tuple[str, int], tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+_SHAPES: "weakref.WeakKeyDictionary[FeatvisModel, dict[tuple[tuple[str, ...], int], tuple[int, ...]]]" = weakref.WeakKeyDictionary()
 
 
 def _fail(text: str, start: int, end: int, problem: str, fix: str) -> FeatvisError:
@@ -65,7 +67,7 @@ def parse_spec(model: torch.nn.Module, text: str) -> Objective:
         if not layer or re.search(r"[\s@,]", layer):
             raise _fail(raw, start, start + len(layer), "layer name", "write a layer name or alias such as mixed4a first")
         try:
-            model.resolve(layer)
+            model.parts(layer)
         except FeatvisError as exc:
             raise _fail(raw, start, start + len(layer), f"no layer of {model.name} is called", _hint(exc)) from None
         objective = deepdream(layer) if not colon else _channel_or_neuron(raw, layer, rest, start + len(layer) + 1)
@@ -101,7 +103,7 @@ def layer_shapes(model: FeatvisModel, layers: Iterable[str], size: int) -> Shape
     """Activation shapes (without batch) of ``layers`` for a ``size`` x ``size`` input, cached per model."""
     cache = _SHAPES.setdefault(model, {})
     wanted = [layer for layer in dict.fromkeys(layers) if layer != INPUT]
-    missing = [layer for layer in wanted if (model.resolve(layer), size) not in cache]
+    missing = [layer for layer in wanted if (model.parts(layer), size) not in cache]
     if missing:
         blank = torch.zeros(1, 3, size, size, device=model.mean.device)
         try:
@@ -112,6 +114,6 @@ def layer_shapes(model: FeatvisModel, layers: Iterable[str], size: int) -> Shape
         for layer, act in acts.items():
             if act.numel() == 0:
                 raise FeatvisError(f"image size {size} px is too small for {layer} of {model.name} (empty output); use a larger size")
-            cache[(model.resolve(layer), size)] = tuple(act.shape[1:])
-    shapes = {layer: cache[(model.resolve(layer), size)] for layer in wanted}
+            cache[(model.parts(layer), size)] = tuple(act.shape[1:])
+    shapes = {layer: cache[(model.parts(layer), size)] for layer in wanted}
     return {**shapes, INPUT: (3, size, size)}

@@ -30,7 +30,17 @@ def _featvis(*argv: str, cwd=None) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
 
 
-def test_layers_json(weights_dir, capsys):
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> None:
+    """No weights anywhere: no FEATVIS_WEIGHTS_DIR, an empty cache, a download address nobody serves."""
+    monkeypatch.delenv("FEATVIS_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("FEATVIS_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("FEATVIS_WEIGHTS_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+
+def test_layers_json_needs_no_weights(offline, capsys):
+    """Shapes as in the paper's Table 1, from the architecture alone: offline, no weights present."""
     code, out, _ = _run(capsys, "layers", "inceptionv1", "--json")
     rows = {row["name"]: row for row in json.loads(out)}
     assert code == 0

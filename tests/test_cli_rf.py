@@ -57,6 +57,18 @@ def test_json_fields_and_literature_values(capsys):
     assert (rows[1]["size"], rows[1]["stride"], rows[1]["padding"]) == ([11, 11], [4, 4], [2, 2])
 
 
+def test_theory_needs_no_weights(tmp_path, monkeypatch, capsys):
+    """GoogLeNet's conv1 (7x7/2, pad 3) then a 3x3/2 pool: r = 7 + 2 * 2 = 11 px at stride 4; offline, no weights."""
+    monkeypatch.delenv("FEATVIS_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("FEATVIS_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("FEATVIS_WEIGHTS_URL", "http://127.0.0.1:9/")
+    code, out, _ = _run(capsys, "rf", "inceptionv1", "conv2d0", "maxpool1", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [(r["size"], r["stride"], r["padding"]) for r in rows] == [([7, 7], [2, 2], [3, 3]), ([11, 11], [4, 4], [3, 3])]
+    code, _, err = _run(capsys, "rf", "inceptionv1", "mixed4a", "--effective", "missing.png")
+    assert code == 2 and err.count("\n") == 1  # the effective field needs the weights and a photo: one-line error
+
+
 def test_table_of_a_user_model_and_the_100px_dog(nets, capsys):
     code, out, _ = _run(capsys, "rf", f"{nets}:stack", "48", "49", "--input-size", "128")
     lines = out.splitlines()

@@ -37,8 +37,9 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def model_from_args(args: argparse.Namespace, input_size: int | None = None) -> FeatvisModel:
-    """Load the model the common options describe."""
+def model_from_args(args: argparse.Namespace, input_size: int | None = None, pretrained: bool = True) -> FeatvisModel:
+    """Load the model the common options describe (``pretrained=False``: a built-in model's
+    architecture only, unless --weights is given)."""
     try:
         import torch
 
@@ -46,7 +47,7 @@ def model_from_args(args: argparse.Namespace, input_size: int | None = None) -> 
     except RuntimeError:
         raise FeatvisError(f"unknown device '{args.device}'; use cpu, cuda or cuda:N") from None
     return load_model(args.model, args.weights, args.device, mean=args.mean, std=args.std, input_size=input_size,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), pretrained=pretrained)
 
 
 def print_json(obj: Any) -> None:

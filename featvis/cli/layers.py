@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = model_from_args(args, input_size=args.input_size)
+    model = model_from_args(args, input_size=args.input_size, pretrained=False)  # shapes need no weights
     rows = layer_table(model, args.input_size or model.input_size)
     if args.json:
         print_json(rows)

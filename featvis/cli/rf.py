@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         return _effective(args)
     if args.output:
         raise FeatvisError("-o draws the effective field: add --effective IMAGE... (and exactly one LAYER)")
-    model = model_from_args(args, input_size=args.input_size)
+    model = model_from_args(args, input_size=args.input_size, pretrained=False)  # the theory needs no weights
     fields = receptive_fields(model, args.layers or None, args.input_size)
     if args.json:
         print_json([field.to_dict() for field in fields])

@@ -32,15 +32,16 @@ CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 BUILTIN = ("inceptionv1", "googlenet", "squeezenet1_1")
 
 
-def inceptionv1(weights: str | os.PathLike | None = None, progress: bool = True) -> FeatvisModel:
+def inceptionv1(weights: str | os.PathLike | None = None, progress: bool = True, pretrained: bool = True) -> FeatvisModel:
     """BVLC GoogLeNet with its ImageNet weights (see featvis.weights for where they come from)."""
     net = InceptionV1()
-    load_caffe_weights(net, BVLC_GOOGLENET, CAFFE_LAYERS, weights, progress=progress)
+    if pretrained or weights is not None:
+        load_caffe_weights(net, BVLC_GOOGLENET, CAFFE_LAYERS, weights, progress=progress)
     return FeatvisModel(net, name="inceptionv1", input_size=224, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), bgr=True,
                         scale=255.0, labels=imagenet_labels(), aliases=LUCID_ALIASES, concats=LUCID_CONCATS)
 
 
-def squeezenet1_1(weights: str | os.PathLike | None = None, progress: bool = True) -> FeatvisModel:
+def squeezenet1_1(weights: str | os.PathLike | None = None, progress: bool = True, pretrained: bool = True) -> FeatvisModel:
     """torchvision's SqueezeNet 1.1 filled with the Caffe SqueezeNet 1.1 ImageNet weights."""
     net = torchvision.models.squeezenet1_1(weights=None)
     layers = {"features.0": "conv1", "classifier.1": "conv10"}
@@ -49,13 +50,14 @@ def squeezenet1_1(weights: str | os.PathLike | None = None, progress: bool = Tru
         for part in ("squeeze", "expand1x1", "expand3x3"):
             suffix = "squeeze1x1" if part == "squeeze" else part
             layers[f"features.{index}.{part}"] = f"{fire}/{suffix}"
-    load_caffe_weights(net, SQUEEZENET1_1, layers, weights, progress=progress)
+    if pretrained or weights is not None:
+        load_caffe_weights(net, SQUEEZENET1_1, layers, weights, progress=progress)
     aliases = {"conv1": "features.0", "conv10": "classifier.1", **{fire: f"features.{i}" for i, fire in fires.items()}}
     return FeatvisModel(net, name="squeezenet1_1", input_size=227, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), bgr=True,
                         scale=255.0, labels=imagenet_labels(), aliases=aliases)
 
 
-def googlenet(weights: str | os.PathLike | None = None, progress: bool = True) -> FeatvisModel:
+def googlenet(weights: str | os.PathLike | None = None, progress: bool = True, pretrained: bool = True) -> FeatvisModel:
     """torchvision's GoogLeNet; weights from ``weights`` (a state dict file) or torchvision's own API.
 
     Without a file, ``GoogLeNet_Weights.IMAGENET1K_V1`` is fetched by torchvision (its hub cache
@@ -63,7 +65,9 @@ def googlenet(weights: str | os.PathLike | None = None, progress: bool = True) -
     """
     from torchvision.models import GoogLeNet_Weights
 
-    if weights is not None:  # as torchvision does: the file may hold the auxiliary heads, which are dropped
+    if weights is None and not pretrained:
+        net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False, transform_input=True)
+    elif weights is not None:  # as torchvision does: the file may hold the auxiliary heads, which are dropped
         state = load_state_dict_file(Path(weights))
         aux = any(key.startswith("aux1.") for key in state)
         net = torchvision.models.googlenet(weights=None, aux_logits=aux, init_weights=False, transform_input=True)
@@ -127,18 +131,21 @@ def load_model(
     input_size: int | None = None,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
+    pretrained: bool = True,
 ) -> FeatvisModel:
     """Build a model from a spec (see module docstring) or wrap an ``nn.Module``; eval mode, frozen.
 
     ``mean``/``std`` (RGB, for inputs in [0, 1]) or ``preprocess`` set a user model's input
-    normalisation; ``input_size`` the size photos are resized to.
+    normalisation; ``input_size`` the size photos are resized to. ``pretrained=False`` builds a
+    built-in model's architecture without fetching its weights (unless ``weights`` is given):
+    enough for layer shapes and theoretical receptive fields, offline.
     """
     if isinstance(spec, nn.Module):
         model = FeatvisModel.wrap(spec)
         if weights is not None:
             apply_state_dict(model.net, load_state_dict_file(Path(weights)), str(weights))
     elif spec in BUILTIN:
-        model = {"inceptionv1": inceptionv1, "googlenet": googlenet, "squeezenet1_1": squeezenet1_1}[spec](weights, progress)
+        model = {"inceptionv1": inceptionv1, "googlenet": googlenet, "squeezenet1_1": squeezenet1_1}[spec](weights, progress, pretrained)
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], weights)
     elif ":" in spec:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from featvis.cli import main
 from featvis.images import save_image
@@ -65,8 +66,9 @@ def test_theory_needs_no_weights(tmp_path, monkeypatch, capsys):
     code, out, _ = _run(capsys, "rf", "inceptionv1", "conv2d0", "maxpool1", "--json")
     rows = json.loads(out)
     assert code == 0 and [(r["size"], r["stride"], r["padding"]) for r in rows] == [([7, 7], [2, 2], [3, 3]), ([11, 11], [4, 4], [3, 3])]
-    code, _, err = _run(capsys, "rf", "inceptionv1", "mixed4a", "--effective", "missing.png")
-    assert code == 2 and err.count("\n") == 1  # the effective field needs the weights and a photo: one-line error
+    save_image(torch.rand(3, 64, 64), tmp_path / "photo.png")
+    code, _, err = _run(capsys, "rf", "inceptionv1", "mixed4a", "--effective", str(tmp_path / "photo.png"))
+    assert code == 2 and err.count("\n") == 1 and "FEATVIS_WEIGHTS_DIR" in err  # the measured field does need the weights
 
 
 def test_table_of_a_user_model_and_the_100px_dog(nets, capsys):

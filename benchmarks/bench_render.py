@@ -125,7 +125,7 @@ def main() -> None:
     floor = (flops / rates[torch.float32][0], flops / rates[torch.float32][1])
     print(f"machine: {torch.get_num_threads()} threads; matmul GFLOP per wall s / per CPU s: "
           + ", ".join(f"{str(d)[6:]} {r[0] / 1e9:.0f} / {r[1] / 1e9:.0f}" for d, r in rates.items())
-          + f"; torch {torch.__version__}; precision auto = {str(compute_dtype('auto', torch.device('cpu')))[6:]}")
+          + f"; torch {torch.__version__}; precision auto = {str(compute_dtype('auto', model))[6:]}")
     print(f"FLOP floor: {flops / 1e9:.2f} GFLOP per image-step (forward to {LAYER} + input gradient)")
     print("seconds per image-step (featvis: estimated for a 512-step render); 'x floor' is against the float32 floor")
     print(_row("FLOP floor (float32)", floor, floor))

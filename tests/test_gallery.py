@@ -185,7 +185,7 @@ def test_channel_json_numbers_match_an_independent_measurement(gallery):
         for c in range(3):
             data = channel_json(out, layer, c)
             assert (data["spec"], data["seed"], data["steps"], data["size"], data["batch"]) == (f"{layer}:{c}", 0, 4, 32, 2)
-            assert data["precision"] == str(compute_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+            assert data["precision"] == str(compute_dtype("auto", model)).removeprefix("torch.")
             assert data["layer"] == layer and data["model"] == "tiny"
             assert data["ratio"] == pytest.approx(data["activation"] / data["natural_max"])
             # the PNG, read back, drives the channel as recorded (8-bit rounding aside)

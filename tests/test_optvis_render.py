@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import featvis
@@ -108,14 +109,28 @@ def test_bfloat16_follows_the_float32_gradient_and_reports_float32_activations(i
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
 
-def test_precision_choices():
-    cpu = torch.device("cpu")
-    assert rendering.compute_dtype("float32", cpu) is torch.float32
-    assert rendering.compute_dtype("bfloat16", cpu) is torch.bfloat16
+class _ChannelSmoothing(nn.Module):
+    """Averages each pixel over neighbouring channels with avg_pool3d, which has no bfloat16 CPU kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool3d(x.unsqueeze(1), (3, 1, 1), stride=1, padding=(1, 0, 0)).squeeze(1)
+
+
+def test_precision_choices_and_models_without_bfloat16_kernels():
+    model = _small_model()
+    assert rendering.compute_dtype("float32", model) is torch.float32
+    assert rendering.compute_dtype("bfloat16", model) is torch.bfloat16
     amx = torch.cpu._is_amx_tile_supported()
-    assert rendering.compute_dtype("auto", cpu) is (torch.bfloat16 if amx else torch.float32)
+    assert rendering.compute_dtype("auto", model) is (torch.bfloat16 if amx else torch.float32)
     with pytest.raises(FeatvisError, match="unknown precision 'half'; use one of auto, float32, bfloat16"):
-        rendering.compute_dtype("half", cpu)
+        rendering.compute_dtype("half", model)
+    odd = featvis.as_model(nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3), smooth=_ChannelSmoothing(), relu=nn.ReLU())),
+                           input_size=16)
+    assert rendering.compute_dtype("auto", odd) is torch.float32  # falls back, and renders
+    (result,) = render(odd, ["relu:1"], steps=3, size=16, progress=False, natural=False)
+    assert result.activation > 0
+    with pytest.raises(FeatvisError, match=r"cannot run in bfloat16 here \(.*avg_pool3d.*\); use precision float32"):
+        render(odd, ["relu:1"], steps=3, size=16, precision="bfloat16", progress=False, natural=False)
 
 
 def test_a_batch_renders_what_separate_renders_do():

@@ -300,7 +300,7 @@ def make_gallery(
     photos = read_photos(images, fmodel) if images is not None else None
     # what an image depends on; not the batch: the engine gives each image its own random draws
     settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
-                "precision": str(compute_dtype(precision, fmodel.mean.device)).removeprefix("torch.")}
+                "precision": str(compute_dtype(precision, fmodel)).removeprefix("torch.")}
     job = GalleryJob(fmodel, root, units, (index, count), settings, batch, photos, int(patches), negative,
                      int(diversity), filters, progress)
     return job.run()

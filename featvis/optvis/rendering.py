@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -114,7 +115,7 @@ def render(
     transform = tf.resolve(transforms)
     start = _init_image(init, size)
     settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,
-                    transform=transform, init=start, keep=keep, dtype=compute_dtype(precision, model.mean.device))
+                    transform=transform, init=start, keep=keep, dtype=compute_dtype(precision, model))
 
     results: list[RenderResult] = []
     chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
@@ -174,16 +175,42 @@ def _batched(chunk: list[tuple[Objective, str]]) -> Callable[[Acts], torch.Tenso
     return scores
 
 
-def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+def compute_dtype(precision: str, model: FeatvisModel) -> torch.dtype:
     """The model's number format while optimising. "auto" is bfloat16 on a CPU with AMX tiles, whose
-    bfloat16 matrix units are several times faster than its float32 ones (4.7x on the Xeon
-    featvis is developed on), and float32 everywhere else."""
+    bfloat16 matrix units are several times faster than its float32 ones (4.9x on the Xeon
+    featvis is developed on), and float32 everywhere else or where the model has an operation
+    without a bfloat16 kernel (tried once per model); "bfloat16" on such a model is an error."""
     if precision not in PRECISIONS:
         raise FeatvisError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    device = model.mean.device
+    amx = device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    if precision == "float32" or (precision == "auto" and not amx):
+        return torch.float32
+    problem = _bfloat16_problem(model)
+    if problem is None:
+        return torch.bfloat16
     if precision == "auto":
-        amx = device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if amx else torch.float32
-    return getattr(torch, precision)
+        return torch.float32
+    raise FeatvisError(f"{model.name} cannot run in bfloat16 here ({problem}); use precision float32 (--precision float32)")
+
+
+_BFLOAT16_PROBLEMS: "weakref.WeakKeyDictionary[FeatvisModel, str | None]" = weakref.WeakKeyDictionary()
+
+
+def _bfloat16_problem(model: FeatvisModel) -> str | None:
+    """Why ``model`` cannot run forward and backward in bfloat16 (the first line of the error), or
+    None; found by one pass on a random input, once per model."""
+    if model not in _BFLOAT16_PROBLEMS:
+        x = torch.rand(1, 3, model.input_size, model.input_size, device=model.mean.device, requires_grad=True)
+        try:
+            with _frozen(model, torch.bfloat16), fast_layers(model):
+                out = model(x.to(torch.bfloat16, memory_format=torch.channels_last))
+                if isinstance(out, torch.Tensor):
+                    out.float().sum().backward()
+            _BFLOAT16_PROBLEMS[model] = None
+        except (RuntimeError, NotImplementedError) as exc:
+            _BFLOAT16_PROBLEMS[model] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return _BFLOAT16_PROBLEMS[model]
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from torch import nn
 
 import featvis
 from featvis.cli import main
-from featvis.gallery import make_gallery, parse_channels, parse_shard, shard_from_env, slug
+from featvis.gallery import make_gallery, parse_channels, parse_shard, rebuild_index, shard_from_env, slug
 from featvis.gallery.plan import Layer, plan_units, shard_units
 from featvis.html import tag
 from featvis.optvis import compute_dtype
@@ -325,6 +325,28 @@ def wait_for_records(out: Path, count: int, process: subprocess.Popen, timeout: 
             pass
         time.sleep(0.02)
     raise AssertionError(f"the gallery process did not record {count} items in time: {process.poll()}")
+
+
+def test_no_broken_link_between_any_two_writes_of_the_site(gallery, tmp_path, monkeypatch):
+    """A kill can land between any two page writes: after each one, every link of every page resolves."""
+    import featvis.gallery.site as site
+
+    out = tmp_path / "g"
+    shutil.copytree(gallery[0], out)
+    for page in [*out.rglob("*.html"), *(out / "layers").rglob("*.json")]:
+        page.unlink()  # every page new, as in a first run: new pages link to each other
+    writes = []
+    original = site.atomic_write_text
+
+    def write_then_check(path, text):
+        original(path, text)
+        writes.append(path)
+        check_links(out)
+
+    monkeypatch.setattr(site, "atomic_write_text", write_then_check)
+    rebuild_index(out)
+    assert len(writes) > 20 and check_links(out) > 50
+    assert parse_page(out / "index.html").links == parse_page(gallery[0] / "index.html").links  # complete in the end
 
 
 def test_killed_and_interrupted_runs_resume_to_the_same_gallery(reference, tmp_path):

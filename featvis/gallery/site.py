@@ -11,9 +11,12 @@ when their content changes.
 
 from __future__ import annotations
 
+import html
 import json
 import posixpath
+import re
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 from typing import Iterable
 
 from ..fileio import atomic_write_text
@@ -99,13 +102,19 @@ class Site:
                 data = self.channel_data(info, channel, entry["channels"][channel])
                 outputs[self.channel_page(info, channel, "json")] = json.dumps(data, indent=1) + "\n"
                 outputs[self.channel_page(info, channel)] = self.channel(info, channel, data, neighbours)
-        written = []
-        for rel, text in outputs.items():
-            path = self.root / rel
-            if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
-                atomic_write_text(path, text)
-                written.append(path)
-        return written
+        # A run killed between two writes must leave no broken link: pages are written deepest first,
+        # first with the links whose targets do not exist yet left out (new pages link to each
+        # other), then, once every page exists, in full.
+        order = sorted(outputs, key=lambda rel: rel.count("/"), reverse=True)
+        written: dict[Path, None] = {}
+        for complete in (False, True):
+            for rel in order:
+                path = self.root / rel
+                text = outputs[rel] if complete or not rel.endswith(".html") else _without_missing_links(outputs[rel], path.parent)
+                if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+                    atomic_write_text(path, text)
+                    written[path] = None
+        return list(written)
 
     def channel_data(self, info: dict, channel: int, kinds: dict[str, Record]) -> dict:
         """The per-channel JSON: settings, activation, ratio to natural photos, every image path."""
@@ -219,6 +228,19 @@ class Site:
                                             class_="card") for p in data["patches"]], class_="grid"))
         crumbs = [("index", "index.html"), (info["name"], self.layer_page(info))]
         return self._page(page, f"{info['name']} {channel} — featvis gallery", crumbs, f"channel {channel}", *sections)
+
+
+_LINK = re.compile(r'\s(?:href|src)="([^"]*)"')
+
+
+def _without_missing_links(page: str, folder: Path) -> str:
+    """``page`` with every relative href/src whose target file is missing dropped (the element stays)."""
+    def keep(match: re.Match) -> str:
+        link = urlparse(html.unescape(match.group(1)))
+        if link.scheme or link.netloc or not link.path or (folder / unquote(link.path)).is_file():
+            return match.group(0)
+        return ""
+    return _LINK.sub(keep, page)
 
 
 def build_site(root: Path, model: dict, records: dict[Key, Record]) -> list[Path]:

@@ -105,16 +105,23 @@ class Site:
         # A run killed between two writes must leave no broken link: pages are written deepest first,
         # first with the links whose targets do not exist yet left out (new pages link to each
         # other), then, once every page exists, in full.
-        order = sorted(outputs, key=lambda rel: rel.count("/"), reverse=True)
         written: dict[Path, None] = {}
-        for complete in (False, True):
-            for rel in order:
-                path = self.root / rel
-                text = outputs[rel] if complete or not rel.endswith(".html") else _without_missing_links(outputs[rel], path.parent)
-                if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
-                    atomic_write_text(path, text)
-                    written[path] = None
+        partial = []
+        for rel in sorted(outputs, key=lambda rel: rel.count("/"), reverse=True):
+            text = _without_missing_links(outputs[rel], (self.root / rel).parent) if rel.endswith(".html") else outputs[rel]
+            if text != outputs[rel]:
+                partial.append(rel)
+            self._write(rel, text, written)
+        for rel in partial:
+            self._write(rel, outputs[rel], written)
         return list(written)
+
+    def _write(self, rel: str, text: str, written: dict[Path, None]) -> None:
+        """Write ``text`` to ``rel`` unless the file already holds it; note the path in ``written``."""
+        path = self.root / rel
+        if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+            atomic_write_text(path, text)
+            written[path] = None
 
     def channel_data(self, info: dict, channel: int, kinds: dict[str, Record]) -> dict:
         """The per-channel JSON: settings, activation, ratio to natural photos, every image path."""

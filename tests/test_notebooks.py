@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
 
 from featvis.weights import WEIGHTS_ENV
@@ -15,8 +17,6 @@ REAL_MODELS = ('"inceptionv1"', '"squeezenet1_1"', "'inceptionv1'", "'squeezenet
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_headless(path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(path, as_version=4)
     source = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
     if any(name in source for name in REAL_MODELS) and not os.environ.get(WEIGHTS_ENV):

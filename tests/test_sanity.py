@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.stats
+import skimage.metrics
 import pytest
 import torch
 import torchvision
@@ -36,10 +38,9 @@ GOOGLENET_BLOCKS = ["conv1", "conv2", "conv3", "inception3a", "inception3b", "in
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.integers(-3, 3), st.floats(-5, 5, allow_nan=False)), min_size=3, max_size=40))
 def test_spearman_matches_scipy_with_ties(pairs):
-    scipy_stats = pytest.importorskip("scipy.stats")
     a = np.array([p[0] for p in pairs], dtype=float)  # few distinct values: many ties
     b = np.array([p[1] for p in pairs])
-    expected = scipy_stats.spearmanr(a, b).statistic
+    expected = scipy.stats.spearmanr(a, b).statistic
     ours = spearman(torch.from_numpy(a), b)
     if np.isnan(expected):
         assert math.isnan(ours)
@@ -48,11 +49,10 @@ def test_spearman_matches_scipy_with_ties(pairs):
 
 
 def test_ssim_matches_scikit_image():
-    metrics = pytest.importorskip("skimage.metrics")
     generator = np.random.default_rng(0)
     a = generator.random((64, 48))
     for b in (a, np.clip(a + 0.1 * generator.standard_normal(a.shape), 0, 1), generator.random((64, 48)), 1 - a):
-        expected = metrics.structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
+        expected = skimage.metrics.structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
                                                  use_sample_covariance=False)
         assert ssim(a, b) == pytest.approx(expected, abs=1e-9)
     with pytest.raises(FeatvisError, match="at least 11x11"):

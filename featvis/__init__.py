@@ -19,27 +19,91 @@ Public API (everything a notebook needs):
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
   faster), float32 elsewhere; reported activations are float32 measurements.
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
+- Modules and functions of one name: ``featvis.saliency`` and ``featvis.receptive_field`` are the
+  modules (``featvis.saliency.saliency_figure``), and calling them calls their main function
+  (``featvis.saliency(model, photo, "gradcam")``, ``featvis.receptive_field(model, "mixed4a")``).
+- Figures: ``saliency_figure(result)``, ``effective_field_figure(erf)``, ``sanity_figure({method: steps})``
+  return matplotlib ``Figure`` objects (save with ``save_figure``).
+- Attribution shapes: ``SaliencyResult.attribution`` is [3, H, W] for per-pixel methods and
+  [1, H, W] for the regional ones (``gradcam``, ``occlusion``: ``featvis.choices.REGIONAL``);
+  ``SaliencyResult.map`` is always [H, W].
+- Photos from NumPy/PIL: ``as_image(array)`` turns an HWC uint8 photo (what scikit-image and PIL
+  give; also uint16, float, grayscale, RGBA) into the [3, H, W] float tensor in [0, 1] the API takes.
+- Results print short: reprs of results show tensor shapes, not their values.
+
+``import featvis`` is light: each name above is imported from its module on first use
+(``_EXPORTS``: name -> module), so the command line starts without torch.
 """
 
-from . import reference
-from .errors import FeatvisError
-from .feature_maps import feature_map_grid, feature_map_overlay
-from .figures import save_figure
-from .filters import filter_grid, filter_images
-from .gradcheck import GradientReport, check_gradients
-from .images import load_image, sample_photos, save_image
-from .labels import imagenet_labels
-from .model import FeatvisModel, as_model
-from .models import load_model
-from . import optvis
-from .optvis import Objective, RenderResult, natural_max, objectives, parse_spec, render
-from .probe import Probe, capture
-from .effective_rf import effective_receptive_field
-from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
-from .saliency import SaliencyResult, guided_model, saliency
-from .sanity import cascading_randomization, deletion_insertion
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .settings import resolve_settings
 
 __version__ = "0.1.0"
+resolve_settings()  # relative FEATVIS_WEIGHTS_DIR / FEATVIS_CACHE_DIR: against the start directory, for children too
+
+#: Public name -> the submodule that defines it (a module's own name: the module itself).
+#: Append new exports here and to ``__all__``.
+_EXPORTS: dict[str, str] = {
+    "FeatvisError": "errors",
+    "feature_map_grid": "feature_maps",
+    "feature_map_overlay": "feature_maps",
+    "save_figure": "figures",
+    "filter_grid": "filters",
+    "filter_images": "filters",
+    "GradientReport": "gradcheck",
+    "check_gradients": "gradcheck",
+    "as_image": "images",
+    "load_image": "images",
+    "sample_photos": "images",
+    "save_image": "images",
+    "imagenet_labels": "labels",
+    "FeatvisModel": "model",
+    "as_model": "model",
+    "load_model": "models",
+    "optvis": "optvis",
+    "Objective": "optvis",
+    "RenderResult": "optvis",
+    "natural_max": "optvis",
+    "objectives": "optvis",
+    "parse_spec": "optvis",
+    "render": "optvis",
+    "Probe": "probe",
+    "capture": "probe",
+    "effective_field_figure": "effective_rf",
+    "effective_receptive_field": "effective_rf",
+    "ReceptiveField": "receptive_field",
+    "receptive_field": "receptive_field",
+    "receptive_fields": "receptive_field",
+    "register_rule": "receptive_field",
+    "reference": "reference",
+    "SaliencyResult": "saliency",
+    "guided_model": "saliency",
+    "saliency": "saliency",
+    "saliency_figure": "saliency",
+    "cascading_randomization": "sanity",
+    "deletion_insertion": "sanity",
+    "sanity_figure": "sanity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name (PEP 562)."""
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'featvis' has no attribute '{name}'")
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if name == module_name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "FeatvisError",
@@ -77,4 +141,8 @@ __all__ = [
     "sample_photos",
     "save_figure",
     "save_image",
+    "as_image",
+    "effective_field_figure",
+    "saliency_figure",
+    "sanity_figure",
 ]

@@ -30,6 +30,7 @@ from .figures import PANEL_TITLE_SIZE, TITLE_SIZE, add_colorbar, new_figure, sho
 from .model import as_model
 from .probe import Probe
 from .receptive_field import Box, ReceptiveField, receptive_field
+from .reprs import short_repr
 
 __all__ = ["EffectiveField", "effective_receptive_field", "effective_field_figure"]
 
@@ -45,6 +46,8 @@ class EffectiveField:
     source: str  # "noise" or "photos"
     inputs: int  # how many images were averaged
     mass: float  # share of the gradient the effective size holds
+
+    __repr__ = short_repr  # the gradient's shape, not its values
 
     @property
     def center(self) -> tuple[float, float]:

@@ -26,11 +26,11 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colorbar import Colorbar
 from matplotlib.figure import Figure
 
+from .choices import OVERLAYS
 from .errors import FeatvisError
 from .fileio import atomic_write_bytes
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
-OVERLAYS = ("heat", "blend", "signed")
 HEAT_CMAP = "inferno"
 SIGNED_CMAP = "RdBu_r"
 ACTIVATION_CMAP = "viridis"

@@ -37,6 +37,41 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
+def as_image(photo: "np.ndarray | Image.Image | torch.Tensor") -> torch.Tensor:
+    """A photo as the API's image: float [3, H, W], RGB in [0, 1].
+
+    Takes what photo libraries give: a NumPy array [H, W, 3] or [H, W, 4] or [H, W] of uint8
+    (scikit-image, PIL, imageio), uint16 (scaled by 65535) or floats in [0, 1]; a PIL image of
+    any mode; or a tensor already [3, H, W]. Alpha is composited over white, grey replicated.
+    """
+    if isinstance(photo, Image.Image):
+        return pil_to_tensor(photo)
+    if isinstance(photo, torch.Tensor):
+        if photo.dim() == 3 and photo.shape[0] == 3:
+            return photo.float()
+        photo = photo.detach().cpu().numpy()
+    array = np.asarray(photo)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise FeatvisError(f"expected a photo [H, W, 3], [H, W, 4] or [H, W], got shape {tuple(array.shape)}; "
+                           "give channels last, as scikit-image and PIL do")
+    if array.dtype == np.uint8:
+        values = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        values = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        values = np.clip(array.astype(np.float32), 0.0, 1.0)
+    else:
+        raise FeatvisError(f"unsupported photo dtype {array.dtype}; give uint8, uint16 or floats in [0, 1]")
+    if values.ndim == 2:
+        values = np.stack([values] * 3, axis=-1)
+    elif values.shape[-1] == 4:
+        alpha = values[..., 3:]
+        values = values[..., :3] * alpha + (1.0 - alpha)
+    return torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1).contiguous()
+
+
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image file as a float tensor [3, H, W] with RGB values in [0, 1]."""
     file = Path(path)
@@ -93,7 +128,4 @@ def sample_photos() -> dict[str, torch.Tensor]:
     except ImportError:
         raise FeatvisError("scikit-image is needed for the sample photos; pip install scikit-image") from None
     names = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field")
-    return {
-        name: torch.from_numpy(getattr(data, name)()[..., :3].copy()).permute(2, 0, 1).float() / 255.0
-        for name in names
-    }
+    return {name: as_image(getattr(data, name)()[..., :3]) for name in names}

@@ -40,6 +40,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import shapes
+from .callable_module import make_callable
 from .errors import FeatvisError
 from .model import FeatvisModel, as_model
 
@@ -968,3 +969,6 @@ def receptive_fields(
 def receptive_field(model: nn.Module, layer: str, input_size: int | Sequence[int] | None = None) -> ReceptiveField:
     """The receptive field of one layer (see ``receptive_fields``)."""
     return receptive_fields(model, [layer], input_size)[0]
+
+
+make_callable(__name__, "receptive_field")  # featvis.receptive_field(...) calls it; the module's names stay reachable

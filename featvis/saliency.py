@@ -45,32 +45,22 @@ from matplotlib.figure import Figure, SubFigure
 from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
+from .choices import GUIDED, LAYERED, METHODS, REGIONAL, SIGNED
+from .callable_module import make_callable
 from .errors import FeatvisError
 from .figures import TITLE_SIZE, add_colorbar, new_figure, show_image, show_map
 from .feature_maps import model_input, spatial_layers, to_input_space
 from .labels import label_index
 from .model import FeatvisModel, as_model
-
-METHODS: dict[str, str] = {
-    "saliency": "vanilla gradient",
-    "ixg": "input x gradient",
-    "ig": "integrated gradients",
-    "smoothgrad": "SmoothGrad",
-    "guided": "guided backprop",
-    "deconv": "deconvolution",
-    "gradcam": "Grad-CAM",
-    "guided-gradcam": "guided Grad-CAM",
-    "occlusion": "occlusion",
-}
-#: Methods whose sign carries evidence (for or against the class); the others are shown as magnitude.
-SIGNED = frozenset({"ixg", "ig", "occlusion"})
-GUIDED = frozenset({"guided", "deconv", "guided-gradcam"})
-LAYERED = frozenset({"gradcam", "guided-gradcam"})
+from .reprs import short_repr
 
 
 @dataclass
 class SaliencyResult:
     """One saliency map: ``attribution`` [C, H, W] over ``image`` [3, H, W] (the model's input).
+
+    C is 3 for per-pixel methods, 1 for the regional ones (``REGIONAL``: Grad-CAM and occlusion,
+    whose values do not differ by colour channel).
 
     ``map`` [H, W] is the channel sum of the attribution (of its magnitude for unsigned
     methods); ``target``/``label``/``prob`` name the explained class and its probability.
@@ -85,6 +75,8 @@ class SaliencyResult:
     layer: str | None = None
     signed: bool = False
     map: torch.Tensor = field(init=False)
+
+    __repr__ = short_repr  # shapes, not pixel values
 
     def __post_init__(self) -> None:
         self.map = reduce_map(self.attribution, absolute=not self.signed)
@@ -153,7 +145,7 @@ def attribute(
 ) -> torch.Tensor:
     """Attribution [C, H, W] of class ``target`` for the model input ``x`` [1, 3, H, W].
 
-    C is 3 for per-pixel methods and 1 for Grad-CAM and occlusion. ``steps``: integrated
+    C is 3 for per-pixel methods and 1 for the ``REGIONAL`` ones (Grad-CAM, occlusion). ``steps``: integrated
     gradients; ``samples``/``noise`` (a fraction of the input's value range) and ``seed``:
     SmoothGrad; ``window``/``stride`` (default size/7 and half the window): occlusion;
     ``baseline``: the grey level of the occluding patch and the integrated-gradients baseline
@@ -445,3 +437,6 @@ def guided_model(model: nn.Module) -> FeatvisModel:
         )
     prepared.guided_ready = True
     return prepared.freeze()
+
+
+make_callable(__name__, "saliency")  # featvis.saliency(...) calls saliency(); featvis.saliency.X reaches the module

@@ -27,6 +27,7 @@ from .errors import FeatvisError
 from .feature_maps import model_input
 from .figures import TITLE_SIZE, new_figure
 from .model import FeatvisModel, as_model
+from .reprs import short_repr
 from .saliency import (
     GUIDED,
     SaliencyResult,
@@ -254,6 +255,8 @@ class DeletionInsertion:
     fractions: torch.Tensor
     deletion: torch.Tensor
     insertion: torch.Tensor
+
+    __repr__ = short_repr  # shapes, not curve values
 
 
 def blurred(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:

@@ -25,13 +25,12 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .errors import FeatvisError
 from .fileio import atomic_output
+from .progress import progress_bar
+from .settings import CACHE_ENV, WEIGHTS_ENV, setting_path
 
-WEIGHTS_ENV = "FEATVIS_WEIGHTS_DIR"
-CACHE_ENV = "FEATVIS_CACHE_DIR"
 URL_ENV = "FEATVIS_WEIGHTS_URL"
 UPSTREAM = "https://raw.githubusercontent.com/chaosmail/caffejs/424d98682b50dd88d0b8cca401c66855709bd013"
 
@@ -63,8 +62,9 @@ def base_url() -> str:
 
 def cache_dir() -> Path:
     """$FEATVIS_CACHE_DIR, else $XDG_CACHE_HOME/featvis, else ~/.cache/featvis."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
+    cache = setting_path(CACHE_ENV)
+    if cache is not None:
+        return cache
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featvis"
 
 
@@ -91,7 +91,7 @@ def verify_release(release: CaffeRelease, folder: Path) -> None:
 def download_release(release: CaffeRelease, folder: Path, progress: bool = True) -> Path:
     """Download the release's files into ``folder``, verifying each; verified files are skipped."""
     files = {rel: digest for rel, digest in release.manifest().items() if rel.startswith("weights/")}
-    with tqdm(total=len(files), unit="file", desc=f"downloading {release.name}", disable=not progress) as bar:
+    with progress_bar(len(files), f"downloading {release.name}", "files", enabled=progress, leave=True) as bar:
         for rel, digest in files.items():
             target = folder / rel
             if not (target.is_file() and sha256_of(target) == digest):
@@ -197,9 +197,12 @@ def load_caffe_weights(
             return str(folder)
         apply_state_dict(net, load_state_dict_file(path), str(path))
         return str(path)
-    env = os.environ.get(WEIGHTS_ENV)
-    if env and (Path(env) / release.name / "weights").is_dir():
-        folder = Path(env) / release.name
+    env = setting_path(WEIGHTS_ENV)
+    if env is not None and not env.is_dir():
+        raise FeatvisError(f"{WEIGHTS_ENV} is set to {env}, which does not exist; point it at the folder holding "
+                           f"{release.name}/ (see README) or unset it to use the cache and download")
+    if env is not None and (env / release.name / "weights").is_dir():
+        folder = env / release.name
         verify_release(release, folder)
         apply_state_dict(net, read_caffe_state_dict(net, layers, folder), str(folder))
         return str(folder)

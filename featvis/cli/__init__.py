@@ -1,6 +1,8 @@
 """The `featvis` command line: thin wrappers that parse arguments and call the library.
 
-Every subcommand lives in its own module (``featvis/cli/<command>.py``) with ``add_parser``.
+Every subcommand lives in its own module (``featvis/cli/<command>.py``) with ``add_parser``;
+building the parser imports no torch (``featvis --help`` and argument errors stay fast), commands
+import the library inside ``run``. While a command runs, stdout carries only its own output.
 User-fixable problems (FeatvisError) print one line on stderr and exit with code 2.
 """
 
@@ -12,6 +14,7 @@ import sys
 from typing import Sequence
 
 from ..errors import FeatvisError
+from .streams import commands_own_stdout
 
 COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf"]
 
@@ -29,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``featvis`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with commands_own_stdout():  # a user model's prints go to stderr, never into --json output
+            return int(args.func(args) or 0)
     except FeatvisError as exc:
         print(f"featvis: error: {exc}", file=sys.stderr)
         return 2

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from ..images import load_image
 from .common import add_model_args, model_from_args, print_json
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("classify", help="top-k classes of photos")
     add_model_args(parser)
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="photos to classify (PNG, JPEG, ...; any size, any mode)")
     parser.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..images import load_image
+
     photos = [load_image(path) for path in args.images]  # read every image before loading the model
     model = model_from_args(args)
     results = [

@@ -1,30 +1,48 @@
-"""Options shared by every subcommand: the MODEL forms, --weights, --device, --json."""
+"""Options shared by every subcommand: MODEL, --weights, --device, --input-size, --quiet, --json,
+--mean/--std, and the one output option ``-o/--out``.
+
+This module and every command's ``add_parser`` import nothing heavy: ``featvis --help`` and
+argument errors never import torch. Commands import the library inside their ``run``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..choices import PRECISIONS
 from ..errors import FeatvisError
-from ..optvis import PRECISIONS
-from ..model import FeatvisModel
-from ..models import load_model
 
+if TYPE_CHECKING:
+    from ..model import FeatvisModel
+
+BUILTIN_MODELS = ("inceptionv1", "googlenet", "squeezenet1_1")
 MODEL_HELP = (
     "inceptionv1 | googlenet | squeezenet1_1 | torchvision:NAME | pkg.module:factory | path/to/file.py:factory"
 )
 
 
-def add_model_args(parser: argparse.ArgumentParser, model_optional: bool = False) -> None:
+def add_model_args(parser: argparse.ArgumentParser, model_optional: bool = False, input_size: bool = True) -> None:
     """Add MODEL (optional for a command with a model-less mode) and the options every subcommand shares."""
     parser.add_argument("model", metavar="MODEL", nargs="?" if model_optional else None, help=MODEL_HELP)
     parser.add_argument("--weights", metavar="PATH", help="weights: a state-dict file, or a folder of Caffe weights")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-    parser.add_argument("--mean", type=_floats, metavar="R,G,B", help="input mean (RGB, for [0,1] images) of a user model")
-    parser.add_argument("--std", type=_floats, metavar="R,G,B", help="input std (RGB) of a user model")
+    if input_size:
+        parser.add_argument("--input-size", type=int, default=None, metavar="PX",
+                            help="side in pixels photos are resized to for the model (default: the model's, 224)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout (and nothing else)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress lines on stderr")
+    parser.add_argument("--mean", type=_floats, metavar="R,G,B",
+                        help="input mean (RGB, for [0,1] images); user models only (built-in models know theirs)")
+    parser.add_argument("--std", type=_floats, metavar="R,G,B", help="input std (RGB); user models only")
+
+
+def add_out_arg(parser: argparse.ArgumentParser, required: bool = True, what: str = "figure file: .png, .svg or .pdf",
+                metavar: str = "FILE", group: Any = None) -> None:
+    """``-o/--out`` (also spelled ``--output``, as before) into ``args.out``."""
+    (group or parser).add_argument("-o", "--out", "--output", dest="out", required=required, metavar=metavar, help=what)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -37,22 +55,31 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def model_from_args(args: argparse.Namespace, input_size: int | None = None, pretrained: bool = True) -> FeatvisModel:
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether to show progress: unless --quiet (progress goes to stderr, so --json output stays clean)."""
+    return not getattr(args, "quiet", False)
+
+
+def model_from_args(args: argparse.Namespace, pretrained: bool = True) -> "FeatvisModel":
     """Load the model the common options describe (``pretrained=False``: a built-in model's
     architecture only, unless --weights is given)."""
-    try:
-        import torch
+    import torch
 
+    from ..models import load_model
+
+    try:
         torch.device(args.device)
     except RuntimeError:
         raise FeatvisError(f"unknown device '{args.device}'; use cpu, cuda or cuda:N") from None
-    return load_model(args.model, args.weights, args.device, mean=args.mean, std=args.std, input_size=input_size,
-                      progress=sys.stderr.isatty(), pretrained=pretrained)
+    if args.model in BUILTIN_MODELS and (args.mean is not None or args.std is not None):
+        raise FeatvisError(f"--mean/--std set a user model's normalisation; {args.model} has its own, drop them")
+    return load_model(args.model, args.weights, args.device, mean=args.mean, std=args.std,
+                      input_size=getattr(args, "input_size", None), progress=show_progress(args), pretrained=pretrained)
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    """``obj`` as indented JSON on stdout, in one write."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
 def add_precision_arg(parser: argparse.ArgumentParser) -> None:

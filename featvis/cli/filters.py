@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..figures import figure_format, save_figure
-from ..filters import NORMALIZE, conv_layer, filter_grid
-from .common import add_model_args, model_from_args, print_json
+from ..choices import NORMALIZE
+from .common import add_model_args, add_out_arg, model_from_args, print_json
 
 
 def index_list(text: str) -> list[int]:
@@ -22,9 +21,9 @@ def index_list(text: str) -> list[int]:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("filters", help="draw a convolution's kernels (RGB grid for the first layer)")
-    add_model_args(parser)
+    add_model_args(parser, input_size=False)
     parser.add_argument("layer", metavar="LAYER", help="a Conv2d layer or a block holding one, e.g. conv2d0")
-    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="figure file: .png, .svg or .pdf")
+    add_out_arg(parser)
     parser.add_argument("--filters", type=index_list, metavar="I,J,...", help="filters to show (default: all RGB "
                                                                                  "kernels, or the first 8)")
     parser.add_argument("--in-channels", type=index_list, metavar="I,J,...",
@@ -35,10 +34,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    figure_format(args.output)  # refuse a bad extension before any work
+    from ..figures import figure_format, save_figure
+    from ..filters import conv_layer, filter_grid
+
+    figure_format(args.out)  # refuse a bad extension before any work
     model = model_from_args(args)
     fig = filter_grid(model, args.layer, args.filters, normalize=args.normalize, in_channels=args.in_channels)
-    path = save_figure(fig, args.output)
+    path = save_figure(fig, args.out)
     module, conv = conv_layer(model, args.layer)
     if args.json:
         print_json({"path": str(path), "layer": args.layer, "module": module, "shape": list(conv.weight.shape)})

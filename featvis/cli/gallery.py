@@ -12,11 +12,9 @@ import os
 import sys
 import warnings
 
+from ..choices import GALLERY_BATCH, GALLERY_PATCHES
 from ..errors import FeatvisError
-from ..fileio import ensure_writable_dir
-from ..gallery import make_gallery, parse_shard, rebuild_index
-from ..gallery.job import DEFAULT_BATCH, DEFAULT_PATCHES
-from .common import add_model_args, add_precision_arg, model_from_args, print_json
+from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -28,21 +26,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--layers", metavar="L1,L2", help="comma-separated layers, e.g. mixed3a,mixed4a")
     parser.add_argument("--channels", metavar="SEL", help="channels of each layer: A:B (B excluded), N, lists like "
                                                           "0:8,12, or all (default: all)")
-    parser.add_argument("--out", metavar="DIR", help="gallery folder (created; shared by all shards)")
+    add_out_arg(parser, required=False, what="gallery folder (created; shared by all shards)", metavar="DIR")
     parser.add_argument("--steps", type=int, default=512, help="optimisation steps per image (default 512)")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                        help=f"channels optimised together in one batch (default {DEFAULT_BATCH})")
+    parser.add_argument("--batch", type=int, default=GALLERY_BATCH,
+                        help=f"channels optimised together in one batch (default {GALLERY_BATCH})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--images", metavar="FOLDER", help="your photos: show each channel's top-activating patches")
-    parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES,
-                        help=f"patches per channel with --images (default {DEFAULT_PATCHES})")
+    parser.add_argument("--patches", type=int, default=GALLERY_PATCHES,
+                        help=f"patches per channel with --images (default {GALLERY_PATCHES})")
     parser.add_argument("--negative", action="store_true", help="also render each channel's negative visualization")
     parser.add_argument("--diversity", type=int, default=0, metavar="N", help="also render a diversity set of N images")
     add_precision_arg(parser)
     parser.add_argument("--no-filters", dest="filters", action="store_false", help="leave out the first-layer filters")
     parser.add_argument("--shard", metavar="i/N", help="render shard i of N (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--index-only", metavar="DIR", help="only rebuild DIR's HTML from its manifests (after shards finish)")
     parser.set_defaults(func=run)
 
@@ -58,6 +55,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..fileio import ensure_writable_dir
+    from ..gallery import make_gallery, parse_shard, rebuild_index
+
     if args.index_only:
         if args.model or args.out:
             raise FeatvisError("--index-only DIR takes no MODEL or --out; run `featvis gallery --index-only DIR`")
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         report = make_gallery(model, args.layers, args.out, channels=args.channels, steps=args.steps, size=args.size,
                               batch=args.batch, seed=args.seed, images=args.images, patches=args.patches,
                               negative=args.negative, diversity=args.diversity, filters=args.filters, shard=shard,
-                              precision=args.precision, progress=not args.quiet)
+                              precision=args.precision, progress=show_progress(args))
     if args.json:
         print_json(report.to_json())
     else:

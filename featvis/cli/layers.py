@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import argparse
 
-from ..layer_table import layer_table
 from .common import add_model_args, model_from_args, print_json
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("layers", help="list every addressable layer with type and output shape")
     add_model_args(parser)
-    parser.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's, 224)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = model_from_args(args, input_size=args.input_size, pretrained=False)  # shapes need no weights
+    from ..layer_table import layer_table
+
+    model = model_from_args(args, pretrained=False)  # shapes need no weights
     rows = layer_table(model, args.input_size or model.input_size)
     if args.json:
         print_json(rows)

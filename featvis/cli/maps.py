@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..feature_maps import feature_map_grid, feature_map_overlay, feature_maps, top_channels
-from ..figures import figure_format, save_figure
-from ..images import load_image
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, add_out_arg, model_from_args, print_json
 from .filters import index_list
 
 
@@ -22,12 +19,16 @@ def add_parser(subparsers) -> None:
     choice.add_argument("--channels", type=index_list, metavar="I,J,...", help="show these channels")
     choice.add_argument("--overlay", type=int, metavar="CHANNEL",
                         help="instead, lay one channel over the photo by receptive-field centres")
-    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="figure file: .png, .svg or .pdf")
+    add_out_arg(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    figure_format(args.output)  # refuse a bad extension before any work
+    from ..feature_maps import feature_map_grid, feature_map_overlay, feature_maps, top_channels
+    from ..figures import figure_format, save_figure
+    from ..images import load_image
+
+    figure_format(args.out)  # refuse a bad extension before any work
     photo = load_image(args.image)
     model = model_from_args(args)
     x, maps = feature_maps(model, args.layer, photo)
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         channels = args.channels if args.channels is not None else top_channels(maps, args.top)
         fig = feature_map_grid(model, args.layer, x, channels=channels)
-    path = save_figure(fig, args.output)
+    path = save_figure(fig, args.out)
     if args.json:
         print_json({"path": str(path), "layer": args.layer, "shape": list(maps.shape), "channels": channels,
                     "mean": [float(maps[c].mean()) for c in channels]})

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
 
-from ..fileio import ensure_writable_dir
-from ..figures import grid_shape
-from ..images import load_image, save_image
-from ..optvis import parse_spec, render
-from .common import add_model_args, add_precision_arg, model_from_args, print_json
+if TYPE_CHECKING:
+    import torch
 
 GRID_GAP = 4  # px of white between images in a grid
+FULL_STEPS = 512  # the article's step count: full quality
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
                                                "fc:954 or class:banana (class logit).")
     add_model_args(parser)
     parser.add_argument("specs", nargs="+", metavar="SPEC", help="what to visualise (see above)")
-    parser.add_argument("--steps", type=int, default=512, help="optimisation steps (default 512)")
+    parser.add_argument("--steps", type=int, default=FULL_STEPS,
+                        help=f"optimisation steps (default {FULL_STEPS}, full quality; 128 gives a fair preview in a quarter of the time)")
     parser.add_argument("--size", type=int, default=128, help="image side in px (default 128; the model sees >= its input size)")
     parser.add_argument("--batch", type=int, default=None, metavar="N", help="images per optimisation (default 16)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--thresholds", type=_steps, metavar="64,256,512", help="also save the images at these steps")
     add_precision_arg(parser)
     out = parser.add_mutually_exclusive_group(required=True)
-    out.add_argument("-o", "--out", metavar="OUT.png", help="one PNG (a grid when several specs)")
+    add_out_arg(parser, required=False, what="one PNG (a grid when several specs)", metavar="OUT.png", group=out)
     out.add_argument("--out-dir", metavar="DIR", help="one PNG per spec in DIR")
     parser.set_defaults(func=run)
     # argparse reads "-mixed4a:97" as an unknown option; like a negative number, a dash followed by
@@ -56,8 +57,12 @@ def slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"^-", "neg_", spec.strip())).strip("_") or "spec"
 
 
-def image_grid(images: list[torch.Tensor]) -> torch.Tensor:
+def image_grid(images: "list[torch.Tensor]") -> "torch.Tensor":
     """Images [3, s, s] side by side on white in a near-square grid."""
+    import torch
+
+    from ..figures import grid_shape
+
     rows, cols = grid_shape(len(images))
     side = images[0].shape[-1] + GRID_GAP
     grid = torch.ones(3, rows * side - GRID_GAP, cols * side - GRID_GAP)
@@ -69,6 +74,8 @@ def image_grid(images: list[torch.Tensor]) -> torch.Tensor:
 
 def _paths(args: argparse.Namespace) -> list[Path]:
     """Final output path per spec (unique names in --out-dir); checks the folder is writable first."""
+    from ..fileio import ensure_writable_dir
+
     if args.out:
         out = Path(args.out)
         ensure_writable_dir(out.parent if str(out.parent) else ".")
@@ -88,13 +95,18 @@ def _at_step(path: Path, step: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..images import load_image, save_image
+    from ..optvis import parse_spec, render
+
     init = load_image(args.init) if args.init else None
     paths = _paths(args)
     model = model_from_args(args)
     objectives = [parse_spec(model, spec) for spec in args.specs]  # every spec checked before any optimisation
+    began = time.perf_counter()
     results = render(model, objectives, steps=args.steps, size=args.size, batch=args.batch, seed=args.seed, param=args.param,
                      decorrelate=args.decorrelate, transforms=args.transforms, init=init, thresholds=args.thresholds,
-                     precision=args.precision, progress=sys.stderr.isatty())
+                     precision=args.precision, progress=show_progress(args))
+    seconds = time.perf_counter() - began
     interrupted = len(results) < len(args.specs) or any(r.interrupted for r in results)
     if args.out:  # a threshold grid only where every image reached that step
         steps = set.intersection(*(set(r.images) for r in results)) - {results[0].steps}
@@ -106,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
             for step in sorted(set(result.images) - {result.steps}):
                 save_image(result.images[step], _at_step(path, step))
             save_image(result.image, path)
+    if args.steps < FULL_STEPS and not interrupted and show_progress(args):
+        print(f"featvis: a quick render ({args.steps} steps, {seconds:.0f} s); for full quality use --steps {FULL_STEPS} "
+              f"(about {seconds * FULL_STEPS / args.steps / 60:.0f} min here)", file=sys.stderr)
     rows = [{"spec": spec, "path": str(path), "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio}
             for spec, path, r in zip(args.specs, paths, results)]
     if args.json:

@@ -5,31 +5,38 @@ from __future__ import annotations
 
 import argparse
 
-from ..effective_rf import effective_field_figure, effective_receptive_field
+from typing import TYPE_CHECKING
+
 from ..errors import FeatvisError
-from ..figures import figure_format, save_figure
-from ..images import load_image
-from ..receptive_field import ReceptiveField, receptive_fields
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, add_out_arg, model_from_args, print_json
+
+if TYPE_CHECKING:
+    from ..receptive_field import ReceptiveField
+
+
+LEGEND = ("r: field size, S: stride, P: padding, in input pixels (Araujo et al. 2019): unit i sees pixels "
+          "S*i-P .. S*i-P+r-1; aligned: every path agrees on each unit's centre")
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("rf", help="receptive fields of layers (theory), or a layer's effective field")
+    parser = subparsers.add_parser("rf", help="receptive fields of layers (theory), or a layer's effective field",
+                                   description=f"One row per layer. {LEGEND}.")
     add_model_args(parser)
     parser.add_argument("layers", nargs="*", metavar="LAYER", help="layers to show, in this order (default: every layer)")
-    parser.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's, 224)")
     parser.add_argument("--effective", nargs="+", metavar="IMAGE",
                         help="measure LAYER's effective field (Luo et al. 2016), averaged over these photos")
-    parser.add_argument("-o", "--output", metavar="FILE", help="with --effective: figure file (.png, .svg or .pdf)")
+    add_out_arg(parser, required=False, what="with --effective: figure file (.png, .svg or .pdf)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.effective is not None:
         return _effective(args)
-    if args.output:
+    from ..receptive_field import receptive_fields
+
+    if args.out:
         raise FeatvisError("-o draws the effective field: add --effective IMAGE... (and exactly one LAYER)")
-    model = model_from_args(args, input_size=args.input_size, pretrained=False)  # the theory needs no weights
+    model = model_from_args(args, pretrained=False)  # the theory needs no weights
     fields = receptive_fields(model, args.layers or None, args.input_size)
     if args.json:
         print_json([field.to_dict() for field in fields])
@@ -38,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(LEGEND)
     unknown = [field for field in fields if field.unanalysed]
     for field in unknown:
         print(f"{field.layer}: not analysed: {'; '.join(field.unanalysed)}")
@@ -62,14 +70,18 @@ def _row(field: ReceptiveField) -> tuple[str, ...]:
 
 
 def _effective(args: argparse.Namespace) -> int:
+    from ..effective_rf import effective_field_figure, effective_receptive_field
+    from ..figures import figure_format, save_figure
+    from ..images import load_image
+
     if len(args.layers) != 1:
         raise FeatvisError(f"--effective measures one layer; give exactly one LAYER (got {len(args.layers)})")
-    if args.output:
-        figure_format(args.output)  # refuse a bad extension before any work
+    if args.out:
+        figure_format(args.out)  # refuse a bad extension before any work
     photos = [load_image(path) for path in args.effective]
-    model = model_from_args(args, input_size=args.input_size)
+    model = model_from_args(args)
     erf = effective_receptive_field(model, args.layers[0], photos, input_size=args.input_size)
-    path = save_figure(effective_field_figure(erf, model.name), args.output) if args.output else None
+    path = save_figure(effective_field_figure(erf, model.name), args.out) if args.out else None
     if args.json:
         print_json({**erf.to_dict(), "path": str(path) if path else None})
         return 0

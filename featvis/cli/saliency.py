@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..figures import OVERLAYS, figure_format, save_figure
-from ..images import load_image
-from ..saliency import LAYERED, METHODS, saliency
-from ..sanity import cascading_randomization, deletion_insertion, report_figure
-from .common import add_model_args, model_from_args, print_json
+from ..choices import LAYERED, METHODS, OVERLAYS
+from .common import add_model_args, add_out_arg, model_from_args, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +19,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--layer", metavar="L", help="Grad-CAM layer (default: the last layer with spatial output)")
     parser.add_argument("--target", metavar="LABEL|INDEX", help="class to explain (default: the top-1 class)")
     parser.add_argument("--sanity", action="store_true", help="run the cascading model-randomization check too")
-    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="figure file: .png, .svg or .pdf")
+    add_out_arg(parser)
     parser.add_argument("--overlay", choices=OVERLAYS, help="map style (default: signed for ixg/ig/occlusion, else blend)")
     parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps (default 50)")
     parser.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default 25)")
@@ -33,7 +30,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    figure_format(args.output)  # refuse a bad extension before any work
+    from ..figures import figure_format, save_figure
+    from ..images import load_image
+    from ..saliency import saliency
+    from ..sanity import cascading_randomization, deletion_insertion, report_figure
+
+    figure_format(args.out)  # refuse a bad extension before any work
     photo = load_image(args.image)
     model = model_from_args(args)
     options = {"steps": args.steps, "samples": args.samples, "noise": args.noise,
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     scores = deletion_insertion(model, x, result.map, result.target)
     steps = (cascading_randomization(model, x, args.method, target=result.target, layer=result.layer, **options)
              if args.sanity else [])
-    path = save_figure(report_figure(result, scores, steps, args.overlay), args.output)
+    path = save_figure(report_figure(result, scores, steps, args.overlay), args.out)
     if args.json:
         print_json({
             "method": args.method,

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..choices import GALLERY_BATCH, GALLERY_PATCHES
 from ..errors import FeatvisError
 from ..fileio import ensure_writable_dir
 from ..filters import filter_images
@@ -37,8 +38,8 @@ from .patches import LayerPeaks, layer_peaks, photos_digest, read_photos, top_pa
 from .plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
 from .site import build_site
 
-DEFAULT_BATCH = 8  # channels per unit of work: one render call, one manifest update
-DEFAULT_PATCHES = 8
+DEFAULT_BATCH = GALLERY_BATCH  # channels per unit of work: one render call, one manifest update
+DEFAULT_PATCHES = GALLERY_PATCHES
 DIVERSITY_WEIGHT = 100.0  # Lucid's weight for its diversity example: channel + 1e2 * diversity
 
 

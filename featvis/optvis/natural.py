@@ -21,6 +21,7 @@ from ..errors import FeatvisError
 from ..images import sample_photos
 from ..model import FeatvisModel, as_model
 from ..probe import capture
+from ..progress import progress_bar
 from .objectives import INPUT, Objective
 from .spec import parse_spec
 
@@ -49,8 +50,10 @@ def photo_crops(size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def natural_activations(model: nn.Module, layers: list[str], size: int | None = None) -> dict[str, torch.Tensor]:
-    """Activations of ``layers`` for all photo crops at ``size`` (default: the model's input size), cached."""
+def natural_activations(model: nn.Module, layers: list[str], size: int | None = None,
+                        progress: bool = False) -> dict[str, torch.Tensor]:
+    """Activations of ``layers`` for all photo crops at ``size`` (default: the model's input size), cached;
+    ``progress`` shows a bar while they are computed."""
     model = as_model(model)
     size = size or model.input_size
     crops = photo_crops(size).to(model.mean.device)
@@ -58,7 +61,11 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
     wanted = [layer for layer in dict.fromkeys(layers) if layer != INPUT]
     missing = [layer for layer in wanted if (model.parts(layer), size) not in cache]
     if missing:
-        chunks = [capture(model, crops[i : i + CHUNK], missing) for i in range(0, len(crops), CHUNK)]
+        chunks = []
+        with progress_bar(len(crops), "natural photos", "crops", enabled=progress) as bar:
+            for i in range(0, len(crops), CHUNK):
+                chunks.append(capture(model, crops[i : i + CHUNK], missing))
+                bar.update(len(crops[i : i + CHUNK]))
         for layer in missing:
             cache[(model.parts(layer), size)] = torch.cat([chunk[layer] for chunk in chunks])
     result = {INPUT: crops}
@@ -72,12 +79,13 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
 
 
 @torch.no_grad()
-def natural_max(model: nn.Module, spec: str | Objective, size: int | None = None) -> float:
-    """The highest value of a one-image objective over the natural photo crops at ``size``."""
+def natural_max(model: nn.Module, spec: str | Objective, size: int | None = None, progress: bool = False) -> float:
+    """The highest value of a one-image objective over the natural photo crops at ``size``
+    (``progress``: a bar while the crops' activations are computed)."""
     model = as_model(model)
     objective = parse_spec(model, spec) if isinstance(spec, str) else spec
     if objective.span != 1:
         raise FeatvisError(f"'{objective.name}' scores {objective.span} images together; natural_max needs a one-image objective")
-    acts = natural_activations(model, list(objective.layers), size)
+    acts = natural_activations(model, list(objective.layers), size, progress)
     count = acts[INPUT].shape[0]
     return max(float(objective({k: v[i : i + 1] for k, v in acts.items()})[0]) for i in range(count))

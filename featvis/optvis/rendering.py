@@ -29,12 +29,14 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from ..choices import PRECISIONS, RENDER_BATCH
 from ..errors import FeatvisError
 from ..images import load_image
 from ..model import FeatvisModel, as_model
 from ..probe import Probe
+from ..progress import Counter, progress_bar
+from ..reprs import short_repr
 from . import transforms as tf
 from .fast_layers import fast_layers, fused_conv_relus
 from .natural import natural_max
@@ -43,8 +45,7 @@ from .param import make_param
 from .redirected_relu import REDIRECT_STEPS, redirected_relus
 from .spec import layer_shapes, parse_spec
 
-DEFAULT_BATCH = 16
-PRECISIONS = ("auto", "float32", "bfloat16")
+DEFAULT_BATCH = RENDER_BATCH
 LEARNING_RATE = 0.05
 
 
@@ -65,6 +66,8 @@ class RenderResult:
     steps: int = 0
     index: int = 0
     interrupted: bool = False
+
+    __repr__ = short_repr  # shapes, not pixel values
 
 
 def render(
@@ -117,18 +120,19 @@ def render(
     settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,
                     transform=transform, init=start, keep=keep, dtype=compute_dtype(precision, model))
 
+    # the natural-photo bar first: whatever it needs (the sample photos) fails before the optimisation
+    maxima = [natural_max(model, o, scale, progress=progress) if natural and o.span == 1 else None for o in objectives]
     results: list[RenderResult] = []
     chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
-    with tqdm(total=steps * len(chunks), disable=not progress, desc="render", unit="step", leave=False) as bar:
+    with progress_bar(steps * len(chunks), "render", "steps", enabled=progress) as bar:
         for chunk in chunks:
             results += _optimise(model, chunk, bar, **settings)
             if results[-1].interrupted:
                 break
-    if natural:
-        for result, objective in zip(results, (o for o in objectives for _ in range(o.span))):
-            if objective.span == 1:
-                result.natural_max = natural_max(model, objective, scale)
-                result.ratio = result.activation / result.natural_max if result.natural_max > 0 else None
+    for result, best in zip(results, (m for o, m in zip(objectives, maxima) for _ in range(o.span))):
+        if best is not None:
+            result.natural_max = best
+            result.ratio = result.activation / best if best > 0 else None
     return results
 
 
@@ -238,7 +242,7 @@ def _frozen(model: FeatvisModel, dtype: torch.dtype = torch.float32) -> Iterator
             b.data = data
 
 
-def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm, *, steps: int, size: int, scale: int,
+def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Counter, *, steps: int, size: int, scale: int,
               seed: int, param: str, decorrelate: bool, valid: str, transform: tf.Transforms | None,
               init: torch.Tensor | None, keep: list[int], dtype: torch.dtype) -> list[RenderResult]:
     device = model.mean.device

@@ -55,21 +55,21 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.index_only and (args.model or args.out):
+        raise FeatvisError("--index-only DIR takes no MODEL or --out; run `featvis gallery --index-only DIR`")
+    missing = [name for name, value in (("MODEL", args.model), ("--layers", args.layers), ("--out", args.out)) if not value]
+    if missing and not args.index_only:  # argument errors before any heavy import
+        raise FeatvisError(f"missing {', '.join(missing)}; run `featvis gallery MODEL --layers L1,L2 --out DIR`")
     from ..fileio import ensure_writable_dir
     from ..gallery import make_gallery, parse_shard, rebuild_index
 
     if args.index_only:
-        if args.model or args.out:
-            raise FeatvisError("--index-only DIR takes no MODEL or --out; run `featvis gallery --index-only DIR`")
         index = rebuild_index(args.index_only)
         if args.json:
             print_json({"index": str(index)})
         else:
             print(index)
         return 0
-    missing = [name for name, value in (("MODEL", args.model), ("--layers", args.layers), ("--out", args.out)) if not value]
-    if missing:
-        raise FeatvisError(f"missing {', '.join(missing)}; run `featvis gallery MODEL --layers L1,L2 --out DIR`")
     shard = parse_shard(args.shard) if args.shard else None
     ensure_writable_dir(args.out)  # fail before loading the model
     args.device = _device(args.device)

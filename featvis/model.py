@@ -8,6 +8,7 @@ input size for photos, class labels and layer-name aliases — so every analysis
 from __future__ import annotations
 
 import difflib
+import hashlib
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -157,3 +158,16 @@ def as_model(model: nn.Module, **kwargs) -> FeatvisModel:
     if not isinstance(model, nn.Module):
         raise FeatvisError(f"expected a torch.nn.Module, got {type(model).__name__}; pass your model object")
     return FeatvisModel.wrap(model, **kwargs)
+
+
+def model_fingerprint(model: FeatvisModel) -> str:
+    """SHA-256 of the architecture, the input convention and every parameter and buffer."""
+    digest = hashlib.sha256()
+    digest.update(repr(model.net).encode())
+    for tensor in (model.mean, model.std):
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    digest.update(f"{model.bgr}|{model.scale}|{model.input_size}".encode())
+    for name, tensor in model.net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -11,7 +11,6 @@ files of records it replaced. Killing the process at any instant leaves a consis
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ from ..errors import FeatvisError
 from ..fileio import ensure_writable_dir
 from ..filters import filter_images
 from ..images import save_image
-from ..model import FeatvisModel, as_model
+from ..model import FeatvisModel, as_model, model_fingerprint
 from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
 from ..optvis.objectives import INPUT
 from ..optvis.transforms import resize
@@ -41,19 +40,6 @@ from .site import build_site
 DEFAULT_BATCH = GALLERY_BATCH  # channels per unit of work: one render call, one manifest update
 DEFAULT_PATCHES = GALLERY_PATCHES
 DIVERSITY_WEIGHT = 100.0  # Lucid's weight for its diversity example: channel + 1e2 * diversity
-
-
-def model_fingerprint(model: FeatvisModel) -> str:
-    """SHA-256 of the architecture, the input convention and every parameter and buffer."""
-    digest = hashlib.sha256()
-    digest.update(repr(model.net).encode())
-    for tensor in (model.mean, model.std):
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    digest.update(f"{model.bgr}|{model.scale}|{model.input_size}".encode())
-    for name, tensor in model.net.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def first_rgb_conv(model: FeatvisModel) -> str | None:

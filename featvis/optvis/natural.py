@@ -3,23 +3,31 @@
 The photos are scikit-image's sample photos (`featvis.images.sample_photos`) and crops of them:
 for each photo, squares with the side of its shorter edge and of half that, tiling the photo;
 each crop is resized (antialiased) to the model's input scale. Activations of these crops are
-cached per model and layer, so scoring every channel of a layer costs one forward pass.
+cached per model and layer, so scoring every channel of a layer costs one forward pass; they
+are also kept in the user cache (``<cache>/natural/``, see `featvis.weights.cache_dir`), keyed by
+the model's fingerprint (architecture, input convention, every weight), the layer, the size and
+the photo set, so a later process skips the photos and the forward pass (layers up to
+`DISK_LIMIT` bytes; an unreadable file is recomputed).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import weakref
 from collections import OrderedDict
+from importlib import metadata
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FeatvisError
+from ..fileio import atomic_output
 from ..images import sample_photos
-from ..model import FeatvisModel, as_model
+from ..model import FeatvisModel, as_model, model_fingerprint
 from ..probe import capture
 from ..progress import progress_bar
 from .objectives import INPUT, Objective
@@ -27,7 +35,10 @@ from .spec import parse_spec
 
 CACHED_LAYERS = 6
 CHUNK = 16
+DISK_LIMIT = 64 << 20  # bytes: larger activations (early, wide layers) are recomputed rather than stored
+CROPS_VERSION = "1"  # bump when the crops change (photos, tiling, resizing)
 _ACTS: "weakref.WeakKeyDictionary[FeatvisModel, OrderedDict]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: "weakref.WeakKeyDictionary[FeatvisModel, str]" = weakref.WeakKeyDictionary()
 
 
 def _starts(length: int, side: int) -> list[int]:
@@ -56,10 +67,15 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
     ``progress`` shows a bar while they are computed."""
     model = as_model(model)
     size = size or model.input_size
-    crops = photo_crops(size).to(model.mean.device)
     cache = _ACTS.setdefault(model, OrderedDict())
     wanted = [layer for layer in dict.fromkeys(layers) if layer != INPUT]
+    for layer in wanted:
+        if (model.parts(layer), size) not in cache:
+            stored = _read_stored(model, layer, size)
+            if stored is not None:
+                cache[(model.parts(layer), size)] = stored
     missing = [layer for layer in wanted if (model.parts(layer), size) not in cache]
+    crops = photo_crops(size).to(model.mean.device) if missing or INPUT in layers else None
     if missing:
         chunks = []
         with progress_bar(len(crops), "natural photos", "crops", enabled=progress) as bar:
@@ -68,7 +84,8 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
                 bar.update(len(crops[i : i + CHUNK]))
         for layer in missing:
             cache[(model.parts(layer), size)] = torch.cat([chunk[layer] for chunk in chunks])
-    result = {INPUT: crops}
+            _store(model, layer, size, cache[(model.parts(layer), size)])
+    result = {INPUT: crops} if crops is not None else {}
     for layer in wanted:
         key = (model.parts(layer), size)
         cache.move_to_end(key)
@@ -76,6 +93,39 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
     while len(cache) > max(CACHED_LAYERS, len(wanted)):
         cache.popitem(last=False)
     return result
+
+
+def _stored_path(model: FeatvisModel, layer: str, size: int) -> Path:
+    """Where the activations of ``layer`` for the crops at ``size`` are kept in the user cache."""
+    from ..weights import cache_dir
+
+    if model not in _FINGERPRINTS:
+        _FINGERPRINTS[model] = model_fingerprint(model)
+    photos = f"{CROPS_VERSION}|scikit-image {metadata.version('scikit-image')}"
+    key = hashlib.sha256(f"{_FINGERPRINTS[model]}|{'+'.join(model.parts(layer))}|{size}|{photos}".encode()).hexdigest()
+    return cache_dir() / "natural" / f"{key[:32]}.pt"
+
+
+def _read_stored(model: FeatvisModel, layer: str, size: int) -> torch.Tensor | None:
+    path = _stored_path(model, layer, size)
+    if not path.is_file():
+        return None
+    try:
+        value = torch.load(path, map_location=model.mean.device, weights_only=True)
+    except Exception:  # a damaged or foreign file: recompute (and overwrite it)
+        return None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _store(model: FeatvisModel, layer: str, size: int, acts: torch.Tensor) -> None:
+    """Keep ``acts`` in the user cache when small enough; a cache that cannot be written is skipped."""
+    if acts.numel() * acts.element_size() > DISK_LIMIT:
+        return
+    try:
+        with atomic_output(_stored_path(model, layer, size)) as tmp:
+            torch.save(acts.detach().cpu().contiguous(), tmp)
+    except (OSError, FeatvisError):
+        pass
 
 
 @torch.no_grad()
@@ -87,5 +137,5 @@ def natural_max(model: nn.Module, spec: str | Objective, size: int | None = None
     if objective.span != 1:
         raise FeatvisError(f"'{objective.name}' scores {objective.span} images together; natural_max needs a one-image objective")
     acts = natural_activations(model, list(objective.layers), size, progress)
-    count = acts[INPUT].shape[0]
+    count = next(iter(acts.values())).shape[0]
     return max(float(objective({k: v[i : i + 1] for k, v in acts.items()})[0]) for i in range(count))

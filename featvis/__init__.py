@@ -25,7 +25,7 @@ Public API (everything a notebook needs):
 - Figures: ``saliency_figure(result)``, ``effective_field_figure(erf)``, ``sanity_figure({method: steps})``
   return matplotlib ``Figure`` objects (save with ``save_figure``).
 - Attribution shapes: ``SaliencyResult.attribution`` is [3, H, W] for per-pixel methods and
-  [1, H, W] for the regional ones (``gradcam``, ``occlusion``: ``featvis.choices.REGIONAL``);
+  [1, H, W] for the regional ones (``gradcam``, ``occlusion``: ``featvis.saliency.REGIONAL``);
   ``SaliencyResult.map`` is always [H, W].
 - Photos from NumPy/PIL: ``as_image(array)`` turns an HWC uint8 photo (what scikit-image and PIL
   give; also uint16, float, grayscale, RGBA) into the [3, H, W] float tensor in [0, 1] the API takes.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
-from ..errors import FeatvisError
+from ..fileio import check_output_file
 from ..optvis import PRECISIONS
 from ..model import FeatvisModel
 from ..models import load_model
@@ -24,7 +25,7 @@ def add_model_args(parser: argparse.ArgumentParser, model_optional: bool = False
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     parser.add_argument("--mean", type=_floats, metavar="R,G,B", help="input mean (RGB, for [0,1] images) of a user model")
-    parser.add_argument("--std", type=_floats, metavar="R,G,B", help="input std (RGB) of a user model")
+    parser.add_argument("--std", type=_positive_floats, metavar="R,G,B", help="input std (RGB) of a user model")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -34,18 +35,46 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.485,0.456,0.406, got '{text}'") from None
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three numbers (R,G,B), got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got '{text}'")
     return values
+
+
+def _positive_floats(text: str) -> tuple[float, ...]:
+    """A std: three numbers, each > 0 (inputs are divided by them)."""
+    values = _floats(text)
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"a std divides the input, so each value must be > 0, got '{text}'")
+    return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_figure_output(path: str) -> None:
+    """Refuse, before any work, a figure path with a bad extension or naming a folder."""
+    from ..figures import figure_format  # matplotlib only for the commands that draw
+
+    figure_format(path)
+    check_output_file(path)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (a layer name holding a newline stays on its line)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def model_from_args(args: argparse.Namespace, input_size: int | None = None, pretrained: bool = True) -> FeatvisModel:
     """Load the model the common options describe (``pretrained=False``: a built-in model's
     architecture only, unless --weights is given)."""
-    try:
-        import torch
-
-        torch.device(args.device)
-    except RuntimeError:
-        raise FeatvisError(f"unknown device '{args.device}'; use cpu, cuda or cuda:N") from None
     return load_model(args.model, args.weights, args.device, mean=args.mean, std=args.std, input_size=input_size,
                       progress=sys.stderr.isatty(), pretrained=pretrained)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..figures import figure_format, save_figure
+from ..figures import save_figure
 from ..filters import NORMALIZE, conv_layer, filter_grid
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, check_figure_output, model_from_args, print_json
 
 
 def index_list(text: str) -> list[int]:
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    figure_format(args.output)  # refuse a bad extension before any work
+    check_figure_output(args.output)  # refuse a bad path before any work
     model = model_from_args(args)
     fig = filter_grid(model, args.layer, args.filters, normalize=args.normalize, in_channels=args.in_channels)
     path = save_figure(fig, args.output)

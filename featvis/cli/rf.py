@@ -7,10 +7,10 @@ import argparse
 
 from ..effective_rf import effective_field_figure, effective_receptive_field
 from ..errors import FeatvisError
-from ..figures import figure_format, save_figure
+from ..figures import save_figure
 from ..images import load_image
 from ..receptive_field import ReceptiveField, receptive_fields
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, check_figure_output, model_from_args, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -65,7 +65,7 @@ def _effective(args: argparse.Namespace) -> int:
     if len(args.layers) != 1:
         raise FeatvisError(f"--effective measures one layer; give exactly one LAYER (got {len(args.layers)})")
     if args.output:
-        figure_format(args.output)  # refuse a bad extension before any work
+        check_figure_output(args.output)  # refuse a bad path before any work
     photos = [load_image(path) for path in args.effective]
     model = model_from_args(args, input_size=args.input_size)
     erf = effective_receptive_field(model, args.layers[0], photos, input_size=args.input_size)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..figures import OVERLAYS, figure_format, save_figure
+from ..figures import OVERLAYS, save_figure
 from ..images import load_image
 from ..saliency import LAYERED, METHODS, saliency
 from ..sanity import cascading_randomization, deletion_insertion, report_figure
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, check_figure_output, model_from_args, positive_int, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -24,16 +24,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sanity", action="store_true", help="run the cascading model-randomization check too")
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="figure file: .png, .svg or .pdf")
     parser.add_argument("--overlay", choices=OVERLAYS, help="map style (default: signed for ixg/ig/occlusion, else blend)")
-    parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps (default 50)")
-    parser.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default 25)")
+    parser.add_argument("--steps", type=positive_int, default=50, help="integrated-gradients steps (default 50)")
+    parser.add_argument("--samples", type=positive_int, default=25, help="SmoothGrad samples (default 25)")
     parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of the input range (default 0.15)")
-    parser.add_argument("--internal-batch-size", type=int, default=16, metavar="N",
+    parser.add_argument("--internal-batch-size", type=positive_int, default=16, metavar="N",
                         help="inputs per forward/backward pass for ig, smoothgrad and occlusion (default 16)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    figure_format(args.output)  # refuse a bad extension before any work
+    check_figure_output(args.output)  # refuse a bad path before any work
     photo = load_image(args.image)
     model = model_from_args(args)
     options = {"steps": args.steps, "samples": args.samples, "noise": args.noise,

@@ -25,6 +25,8 @@ _NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is e
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check that files can be created in it."""
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise FeatvisError(f"{folder} is not a folder; choose a writable output folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

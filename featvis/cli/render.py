@@ -123,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
               "interrupted": True} for spec in args.specs[len(results):]]  # never started
     if args.json:
         print_json(rows)
-        return 130 if interrupted else 0
-    for row in rows[: len(results)]:
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        natural = "-" if row["natural_max"] is None else f"{row['natural_max']:.4g}"
-        print(f"{row['spec']}: activation {row['activation']:.4g}, natural max {natural}, ratio {ratio} -> {row['path']}")
+    else:
+        for row in rows[: len(results)]:
+            ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+            natural = "-" if row["natural_max"] is None else f"{row['natural_max']:.4g}"
+            print(f"{row['spec']}: activation {row['activation']:.4g}, natural max {natural}, ratio {ratio} -> {row['path']}")
     if interrupted:
         print(f"featvis: interrupted after {min(r.steps for r in results)} steps; saved the images so far beside "
               f"the requested ones, as {paths[0].name}", file=sys.stderr)

@@ -194,13 +194,18 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         raise FeatvisError(f"weights file not found: {path}; check the --weights path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused a Python object that is no tensor
-        refused = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "an object that is no tensor")
-        raise FeatvisError(f"refused to load weights {path}: the file holds Python objects besides tensors ({refused.rstrip('.')}), "
-                           "which could run code; save a plain state dict with torch.save(model.state_dict(), path)") from None
     except Exception as exc:  # torch raises many types for a damaged or foreign file
-        reason = str(exc).strip().split(". ")[0].splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FeatvisError(f"cannot load weights {path} ({reason}); give a state dict saved with torch.save") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        refused = next((line for line in lines if "GLOBAL" in line), None)
+        if isinstance(exc, pickle.UnpicklingError) and refused:  # weights_only met a Python object that is no tensor
+            raise FeatvisError(f"refused to load weights {path}: the file holds Python objects besides tensors "
+                               f"({refused.rstrip('.')}), which could run code; save a plain state dict with "
+                               "torch.save(model.state_dict(), path)") from None
+        if isinstance(exc, pickle.UnpicklingError) and len(lines) > 2:  # torch's advice first, the reason last
+            reason = lines[-2] if lines[-1].startswith("Check the documentation") else lines[-1]
+        else:
+            reason = lines[0].split(". ")[0]
+        raise FeatvisError(f"cannot load weights {path} ({reason[:160]}); give a state dict saved with torch.save") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -26,13 +26,13 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check that files can be created in it."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise FeatvisError(f"{folder} is not a folder; choose a writable output folder")
+        raise FeatvisError(f"cannot create folder {folder}: a file of that name exists; choose a writable output folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatvisError(f"cannot create folder {folder}: {exc.strerror}; choose a writable output folder") from None
     if not folder.is_dir():
-        raise FeatvisError(f"{folder} is not a folder; choose a writable output folder")
+        raise FeatvisError(f"cannot create folder {folder}: a file of that name exists; choose a writable output folder")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".featvis-probe-"):
             pass

@@ -96,7 +96,7 @@ CASES = [
     (["render", "nets.py:marked", "conv:0", "-o", "keep.xyz"], {}, "cannot save an image as '.xyz'"),
     (["render", "nets.py:marked", "conv:0", "-o", "dir.png"], {}, "dir.png is a folder"),
     (["filters", "nets.py:tiny", "conv", "-o", "dir.png"], {}, "dir.png is a folder"),
-    (["gallery", "nets.py:marked", "--layers", "conv", "--out", "afile"], {}, "afile is not a folder"),
+    (["gallery", "nets.py:marked", "--layers", "conv", "--out", "afile"], {}, "cannot create folder afile: a file of that name exists"),
     # weights and their settings
     (["layers", "torchvision:resnet18", "--weights", "evil.pt"], {}, "which could run code; save a plain state dict with "
                                                                      "torch.save(model.state_dict(), path)"),

@@ -19,6 +19,7 @@ Public API (everything a notebook needs):
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
   faster), float32 elsewhere; reported activations are float32 measurements.
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
+- Limits: ``check_device`` (refuses devices this machine lacks), ``max_pixels`` (the image size limit, $FEATVIS_MAX_PIXELS).
 """
 
 from . import reference
@@ -38,6 +39,8 @@ from .effective_rf import effective_receptive_field
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
 from .saliency import SaliencyResult, guided_model, saliency
 from .sanity import cascading_randomization, deletion_insertion
+from .devices import check_device
+from .images import max_pixels
 
 __version__ = "0.1.0"
 
@@ -77,4 +80,6 @@ __all__ = [
     "sample_photos",
     "save_figure",
     "save_image",
+    "check_device",
+    "max_pixels",
 ]

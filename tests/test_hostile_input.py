@@ -178,8 +178,8 @@ INTERRUPT_AT_START = """
 import signal, sys, threading, time
 from featvis.cli import main
 
-def interrupt():  # a real SIGINT the moment the command line starts loading its subcommands
-    while "featvis.cli.classify" not in sys.modules:
+def interrupt():  # a real SIGINT the moment the command line starts loading its subcommand
+    while "featvis.cli.layers" not in sys.modules:
         time.sleep(0.0002)
     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 

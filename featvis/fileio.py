@@ -31,8 +31,6 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatvisError(f"cannot create folder {folder}: {exc.strerror}; choose a writable output folder") from None
-    if not folder.is_dir():
-        raise FeatvisError(f"cannot create folder {folder}: a file of that name exists; choose a writable output folder")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".featvis-probe-"):
             pass

@@ -88,8 +88,8 @@ def _writable_cache() -> Path:
     try:
         return ensure_writable_dir(folder)
     except FeatvisError as exc:
-        raise FeatvisError(f"{exc} (the weights cache): set {CACHE_ENV} to a writable folder, or "
-                           f"{WEIGHTS_ENV} to a folder holding the weights") from None
+        raise FeatvisError(f"{str(exc).split('; ')[0]} for the weights cache; set {CACHE_ENV} to a writable folder, "
+                           f"or {WEIGHTS_ENV} to a folder holding the weights") from None
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:

@@ -123,6 +123,8 @@ def _import_factory(spec: str) -> Callable[[], nn.Module]:
             raise FeatvisError(f"cannot import '{target}' ({exc}); run from the folder holding it or add it to PYTHONPATH") from None
         except Exception as exc:
             raise FeatvisError(f"cannot import model module '{target}': {describe(exc)}; fix the module") from None
+        if getattr(module, "__file__", None):
+            register_user_file(module.__file__)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise FeatvisError(f"'{attr}' not found in {target}; MODEL must name a function or class that builds the model")

@@ -30,6 +30,7 @@ Public API (everything a notebook needs):
 - Photos from NumPy/PIL: ``as_image(array)`` turns an HWC uint8 photo (what scikit-image and PIL
   give; also uint16, float, grayscale, RGBA) into the [3, H, W] float tensor in [0, 1] the API takes.
 - Results print short: reprs of results show tensor shapes, not their values.
+- Limits: ``check_device`` (refuses devices this machine lacks), ``max_pixels`` (the image size limit, $FEATVIS_MAX_PIXELS).
 
 ``import featvis`` is light: each name above is imported from its module on first use
 (``_EXPORTS``: name -> module), so the command line starts without torch.
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "check_gradients": "gradcheck",
     "as_image": "images",
     "load_image": "images",
+    "max_pixels": "images",
     "sample_photos": "images",
     "save_image": "images",
     "imagenet_labels": "labels",
@@ -73,6 +75,7 @@ _EXPORTS: dict[str, str] = {
     "render": "optvis",
     "Probe": "probe",
     "capture": "probe",
+    "check_device": "devices",
     "effective_field_figure": "effective_rf",
     "effective_receptive_field": "effective_rf",
     "ReceptiveField": "receptive_field",
@@ -145,4 +148,6 @@ __all__ = [
     "effective_field_figure",
     "saliency_figure",
     "sanity_figure",
+    "check_device",
+    "max_pixels",
 ]

@@ -1,10 +1,21 @@
-"""Reading and writing images: every image becomes RGB float in [0, 1], whatever its file mode."""
+"""Reading and writing images: every image becomes RGB float in [0, 1], whatever its file mode.
+
+Images larger than a pixel limit are refused before they are decoded (a 1 MB PNG can declare
+20000 x 20000 pixels: a decompression bomb). The limit is ``DEFAULT_MAX_PIXELS`` (8192 x 8192,
+larger than any camera's photo; such an image takes about 2 GB while it is read), and
+``$FEATVIS_MAX_PIXELS`` sets another. It replaces PIL's own check (``Image.MAX_IMAGE_PIXELS``),
+whose warnings, like every warning PIL gives about a file, are not passed on.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -14,6 +25,25 @@ from .errors import FeatvisError
 from .fileio import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+PIXELS_ENV = "FEATVIS_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 8192 * 8192
+_PIL_LIMIT = threading.Lock()  # guards the moment PIL's global limit is lifted for one open
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) featvis reads: $FEATVIS_MAX_PIXELS, else DEFAULT_MAX_PIXELS."""
+    text = os.environ.get(PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise FeatvisError(f"{PIXELS_ENV}={text!r} is not a positive whole number of pixels; set e.g. "
+                           f"{PIXELS_ENV}={DEFAULT_MAX_PIXELS} or unset it")
+    return value
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -72,16 +102,40 @@ def as_image(photo: "np.ndarray | Image.Image | torch.Tensor") -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1).contiguous()
 
 
+@contextlib.contextmanager
+def _open(file: Path) -> Iterator[Image.Image]:
+    """``Image.open`` without PIL's own size check (featvis applies its configurable one)."""
+    with _PIL_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(file)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with image:
+        yield image
+
+
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as a float tensor [3, H, W] with RGB values in [0, 1]."""
+    """Read an image file as a float tensor [3, H, W] with RGB values in [0, 1] (at most `max_pixels`)."""
     file = Path(path)
+    if file.is_dir():
+        raise FeatvisError(f"{file} is a folder, not an image; give an image file (PNG, JPEG, ...)")
     if not file.is_file():
         raise FeatvisError(f"image not found: {file}; check the path")
+    limit = max_pixels()
     try:
-        with Image.open(file) as image:
+        with warnings.catch_warnings(), _open(file) as image:
+            warnings.simplefilter("ignore")  # PIL's remarks on a file's metadata or palette
+            width, height = image.size
+            if width * height > limit:
+                raise FeatvisError(
+                    f"image {file} is {width}x{height} pixels, more than featvis reads ({limit} pixels); "
+                    f"downscale it, or raise the limit with {PIXELS_ENV}=N if memory allows")
             image.load()
             return pil_to_tensor(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, FeatvisError):
+            raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FeatvisError(f"cannot read image {file} ({reason}); give a PNG or JPEG file") from None
 
@@ -106,10 +160,18 @@ def png_bytes(image: torch.Tensor | np.ndarray | Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def image_format(path: str | os.PathLike) -> str:
+    """The format an image is saved in, from ``path``'s extension: PNG or JPEG; others are refused."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SAVE_FORMATS:
+        raise FeatvisError(f"cannot save an image as '{suffix or Path(path).name}'; use a .png or .jpg file name")
+    return SAVE_FORMATS[suffix]
+
+
 def save_image(image: torch.Tensor | np.ndarray | Image.Image, path: str | os.PathLike) -> Path:
-    """Save an image atomically; the format follows the suffix (PNG unless JPEG is asked for)."""
+    """Save an image atomically as PNG or JPEG, after its suffix (see `image_format`)."""
     target = Path(path)
-    if target.suffix.lower() in (".jpg", ".jpeg"):
+    if image_format(target) == "JPEG":
         pil = image if isinstance(image, Image.Image) else to_pil(image)
         buffer = io.BytesIO()
         pil.convert("RGB").save(buffer, format="JPEG", quality=92)

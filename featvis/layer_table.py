@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .failures import forward_failed, user_location
 from .model import FeatvisModel
 
 
@@ -32,6 +33,10 @@ def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict
             if path:
                 handles.append(module.register_forward_hook(record(path)))
         model(torch.zeros(1, 3, size, size, device=model.mean.device))
+    except RuntimeError as exc:  # torch's own complaint (a window larger than its input): as `receptive_fields` says it
+        if user_location(exc) is not None:
+            raise
+        raise forward_failed(model.name, (size, size), exc) from None
     finally:
         for handle in handles:
             handle.remove()

@@ -42,6 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import shapes
 from .callable_module import make_callable
 from .errors import FeatvisError
+from .failures import forward_failed
 from .model import FeatvisModel, as_model
 
 __all__ = ["Box", "GLOBAL", "POINTWISE", "ReceptiveField", "Window", "receptive_field", "receptive_fields", "register_rule"]
@@ -841,10 +842,7 @@ def _trace(model: FeatvisModel, size: tuple[int, int]) -> dict[str, tuple[Any, t
             except Exception:  # noqa: BLE001 - any failure on meta tensors: retry with real ones
                 return _trace_once(model, size, meta=False)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FeatvisError(
-            f"{model.name} cannot run on a {size[0]}x{size[1]} input ({reason}); try a larger input size"
-        ) from None
+        raise forward_failed(model.name, size, exc) from None
     finally:
         for module, training in modes.items():
             module.training = training

@@ -7,7 +7,10 @@ One resolver for every release of Caffe weights featvis knows (BVLC GoogLeNet, S
 Raw files are checked against the SHA-256 manifests shipped in ``featvis/data``; downloads are
 written atomically (a corrupt or cut-short transfer never lands in the cache), verified files
 are skipped on rerun, and a finished download is converted once into a cached single-file
-state dict (``<cache>/<release>.pt``), loaded with ``torch.load(weights_only=True)``.
+state dict (``<cache>/<release>.pt``), loaded with ``torch.load(weights_only=True)``. That file
+is verified too, against the digest of its tensors shipped in ``featvis/data``
+(``<release>.state.sha256``, independent of torch's file format): a modified or damaged one is
+rebuilt from the verified release files, or, without them, named as the file to delete.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import pickle
 import urllib.error
+import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,7 +33,7 @@ import torch
 from torch import nn
 
 from .errors import FeatvisError
-from .fileio import atomic_output
+from .fileio import atomic_output, ensure_writable_dir
 from .progress import progress_bar
 from .settings import CACHE_ENV, WEIGHTS_ENV, setting_path
 
@@ -50,14 +56,22 @@ class CaffeRelease:
     def source(self) -> str:
         return f"{base_url()}/{self.upstream_folder}"
 
+    def state_digest(self) -> str:
+        """`state_digest` of the converted state dict (shipped with featvis)."""
+        return resources.files("featvis").joinpath(f"data/{self.name}.state.sha256").read_text("utf-8").split()[0]
+
 
 BVLC_GOOGLENET = CaffeRelease("bvlc_googlenet", "models/bvlc_googlenet")
 SQUEEZENET1_1 = CaffeRelease("squeezenet1_1", "models/squeezenet")
 
 
 def base_url() -> str:
-    """Upstream location, overridable with $FEATVIS_WEIGHTS_URL (a mirror)."""
-    return os.environ.get(URL_ENV, UPSTREAM).rstrip("/")
+    """Upstream location, overridable with $FEATVIS_WEIGHTS_URL (a mirror: an http, https or file URL)."""
+    url = os.environ.get(URL_ENV, UPSTREAM).rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.path):
+        raise FeatvisError(f"{URL_ENV}={url!r} is not a URL; give a mirror's address such as https://host/path, or unset it")
+    return url
 
 
 def cache_dir() -> Path:
@@ -66,6 +80,27 @@ def cache_dir() -> Path:
     if cache is not None:
         return cache
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featvis"
+
+
+def _writable_cache() -> Path:
+    """The cache folder, created; a failure names the setting that moves it."""
+    folder = cache_dir()
+    try:
+        return ensure_writable_dir(folder)
+    except FeatvisError as exc:
+        raise FeatvisError(f"{str(exc).split('; ')[0]} for the weights cache; set {CACHE_ENV} to a writable folder, "
+                           f"or {WEIGHTS_ENV} to a folder holding the weights") from None
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values, in key order: the same for the
+    same tensors whatever file format they were saved in."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def sha256_of(path: Path) -> str:
@@ -115,7 +150,9 @@ def _download_file(url: str, target: Path, digest: str) -> None:
                 raise FeatvisError(f"download of {url} was cut short ({received} of {expected} bytes); run again to resume")
             if hasher.hexdigest() != digest:
                 raise FeatvisError(f"download of {url} failed verification (SHA-256 mismatch); nothing was cached, check the mirror ({URL_ENV})")
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        if isinstance(exc, FeatvisError):
+            raise
         reason = getattr(exc, "reason", None) or exc
         raise FeatvisError(
             f"cannot download {url} ({reason}); work offline by setting {WEIGHTS_ENV} to a folder holding the "
@@ -158,8 +195,17 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FeatvisError(f"cannot load weights {path} ({reason}); give a state dict saved with torch.save") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        refused = next((line for line in lines if "GLOBAL" in line), None)
+        if isinstance(exc, pickle.UnpicklingError) and refused:  # weights_only met a Python object that is no tensor
+            raise FeatvisError(f"refused to load weights {path}: the file holds Python objects besides tensors "
+                               f"({refused.rstrip('.')}), which could run code; save a plain state dict with "
+                               "torch.save(model.state_dict(), path)") from None
+        if isinstance(exc, pickle.UnpicklingError) and len(lines) > 2:  # torch's advice first, the reason last
+            reason = lines[-2] if lines[-1].startswith("Check the documentation") else lines[-1]
+        else:
+            reason = lines[0].split(". ")[0]
+        raise FeatvisError(f"cannot load weights {path} ({reason[:160]}); give a state dict saved with torch.save") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -208,11 +254,32 @@ def load_caffe_weights(
         return str(folder)
     converted = cache_dir() / f"{release.name}.pt"
     if converted.is_file():
-        apply_state_dict(net, load_state_dict_file(converted), str(converted))
-        return str(converted)
-    folder = download_release(release, cache_dir() / release.name, progress=progress)
+        state = _cached_state(converted, release)
+        if state is not None:
+            apply_state_dict(net, state, str(converted))
+            return str(converted)
+    folder = download_release(release, _writable_cache() / release.name, progress=progress)
     state = read_caffe_state_dict(net, layers, folder)
     with atomic_output(converted) as tmp:
         torch.save(state, tmp)
     apply_state_dict(net, state, str(folder))
     return str(converted)
+
+
+def _cached_state(converted: Path, release: CaffeRelease) -> dict[str, torch.Tensor] | None:
+    """The cached state dict if its tensors match the release; None (rebuild it) if they do not
+    but the release's raw files beside it verify; otherwise a one-line error naming the file."""
+    try:
+        state = load_state_dict_file(converted)
+        problem = None if state_digest(state) == release.state_digest() else "its tensors differ from the release"
+    except FeatvisError as exc:
+        state, problem = None, str(exc).split("; ")[0]
+    if problem is None:
+        return state
+    try:
+        verify_release(release, converted.parent / release.name)
+    except FeatvisError:
+        raise FeatvisError(f"cached weights {converted} are damaged or modified ({problem}); delete {converted} "
+                           "and run again to download the weights afresh") from None
+    warnings.warn(f"cached weights {converted} were damaged or modified ({problem}); rebuilt from the verified release files")
+    return None

@@ -58,3 +58,69 @@ def coffee() -> torch.Tensor:
 def chelsea() -> torch.Tensor:
     """scikit-image's chelsea() cat photo, [3, 300, 451] RGB in [0, 1]."""
     return _skimage_photo("chelsea")
+
+
+USER_MODELS = '''
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """Needs 32 px inputs (its Linear layer); warns on every forward; one module name holds a newline."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.add_module("bad\\nname", nn.ReLU())
+        self.fc = nn.Linear(4 * 30 * 30, 10)
+
+    def forward(self, x):
+        warnings.warn("careful: this model is tiny")
+        x = getattr(self, "bad\\nname")(self.conv(x))
+        return self.fc(x.flatten(1))
+
+
+class Marked(nn.Module):
+    """Any input size; its 8th forward pass creates the file $FEATVIS_TEST_MARK, if set (a render has begun)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 8 and "FEATVIS_TEST_MARK" in os.environ:
+            Path(os.environ["FEATVIS_TEST_MARK"]).touch()
+        return self.conv(x)
+
+
+def tiny():
+    return Tiny()
+
+
+def marked():
+    return Marked()
+
+
+def needs(n):
+    return Tiny()
+
+
+def raises():
+    raise ValueError("no such model")
+'''
+
+
+@pytest.fixture
+def user_models(tmp_path) -> Path:
+    """A folder holding user model files: nets.py (see USER_MODELS), syntax.py (a syntax error on
+    line 2) and boom.py (raises on import)."""
+    (tmp_path / "nets.py").write_text(USER_MODELS)
+    (tmp_path / "syntax.py").write_text("import torch\nx = 1 +\n")
+    (tmp_path / "boom.py").write_text("raise RuntimeError('boom at import')\n")
+    return tmp_path

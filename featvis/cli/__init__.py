@@ -3,7 +3,9 @@
 Every subcommand lives in its own module (``featvis/cli/<command>.py``) with ``add_parser``;
 building the parser imports no torch (``featvis --help`` and argument errors stay fast), commands
 import the library inside ``run``. While a command runs, stdout carries only its own output.
-User-fixable problems (FeatvisError) print one line on stderr and exit with code 2.
+User-fixable problems (FeatvisError, bad arguments, an exception in the user's model code)
+print one line on stderr and exit with code 2; Python warnings print as one line each;
+Ctrl-C at any point, start-up included, prints one line and exits with code 130.
 """
 
 from __future__ import annotations
@@ -14,13 +16,21 @@ import sys
 from typing import Sequence
 
 from ..errors import FeatvisError
+from ..failures import routed_warnings, user_code_error
 from .streams import commands_own_stdout
 
 COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (naming the fix) with exit code 2, like every featvis error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featvis", description="See what convolutional networks see.")
+    parser = OneLineParser(prog="featvis", description="See what convolutional networks see.")
     parser.add_argument("--version", action="version", version=f"featvis {__import__('featvis').__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -30,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``featvis`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
     try:
-        with commands_own_stdout():  # a user model's prints go to stderr, never into --json output
-            return int(args.func(args) or 0)
+        with routed_warnings():
+            args = build_parser().parse_args(argv)  # argparse's --help/--version text stays on stdout
+            with commands_own_stdout():  # a user model's prints go to stderr, never into --json output
+                return int(args.func(args) or 0)
     except FeatvisError as exc:
         print(f"featvis: error: {exc}", file=sys.stderr)
         return 2
@@ -43,3 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featvis: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # an exception in the user's model code is theirs to fix; anything else is a bug
+        error = user_code_error(exc)
+        if error is None:
+            raise
+        print(f"featvis: error: {error}", file=sys.stderr)
+        return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..choices import NORMALIZE
-from .common import add_model_args, add_out_arg, model_from_args, print_json
+from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, print_json
 
 
 def index_list(text: str) -> list[int]:
@@ -34,10 +34,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..figures import figure_format, save_figure
+    from ..figures import save_figure
     from ..filters import conv_layer, filter_grid
 
-    figure_format(args.out)  # refuse a bad extension before any work
+    check_figure_output(args.out)  # refuse a bad extension or path before any work
     model = model_from_args(args)
     fig = filter_grid(model, args.layer, args.filters, normalize=args.normalize, in_channels=args.in_channels)
     path = save_figure(fig, args.out)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import warnings
 
 from ..choices import GALLERY_BATCH, GALLERY_PATCHES
 from ..errors import FeatvisError
@@ -50,10 +48,6 @@ def _device(requested: str) -> str:
     return f"cuda:{local_rank}" if requested == "cuda" and local_rank is not None else requested
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"featvis: warning: {message}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.index_only and (args.model or args.out):
         raise FeatvisError("--index-only DIR takes no MODEL or --out; run `featvis gallery --index-only DIR`")
@@ -73,13 +67,11 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     ensure_writable_dir(args.out)  # fail before loading the model
     args.device = _device(args.device)
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
-        model = model_from_args(args)
-        report = make_gallery(model, args.layers, args.out, channels=args.channels, steps=args.steps, size=args.size,
-                              batch=args.batch, seed=args.seed, images=args.images, patches=args.patches,
-                              negative=args.negative, diversity=args.diversity, filters=args.filters, shard=shard,
-                              precision=args.precision, progress=show_progress(args))
+    model = model_from_args(args)  # warnings (e.g. a photo skipped) print as one line each: see featvis.cli.main
+    report = make_gallery(model, args.layers, args.out, channels=args.channels, steps=args.steps, size=args.size,
+                          batch=args.batch, seed=args.seed, images=args.images, patches=args.patches,
+                          negative=args.negative, diversity=args.diversity, filters=args.filters, shard=shard,
+                          precision=args.precision, progress=show_progress(args))
     if args.json:
         print_json(report.to_json())
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, model_from_args, print_json, printable
 
 
 def add_parser(subparsers) -> None:
@@ -22,10 +22,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    width = max(len(row["name"]) for row in rows)
+    width = max(len(printable(row["name"])) for row in rows)
     for row in rows:
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
         aliases = f"  ({', '.join(row['aliases'])})" if row["aliases"] else ""
         parts = f"  (concat of {' + '.join(row['concat'])})" if "concat" in row else ""
-        print(f"{row['name']:<{width}}  {row['type']:<18} {shape}{aliases}{parts}")
+        print(printable(f"{printable(row['name']):<{width}}  {row['type']:<18} {shape}{aliases}{parts}"))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, add_out_arg, model_from_args, print_json
+from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, positive_int, print_json
 from .filters import index_list
 
 
@@ -14,7 +14,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("layer", metavar="LAYER", help="a layer with channel maps, e.g. mixed4a")
     parser.add_argument("image", metavar="IMAGE", help="the photo (PNG, JPEG, ...)")
     choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--top", type=int, default=16, help="show the K channels with the highest mean activation "
+    choice.add_argument("--top", type=positive_int, default=16, help="show the K channels with the highest mean activation "
                                                             "(default 16)")
     choice.add_argument("--channels", type=index_list, metavar="I,J,...", help="show these channels")
     choice.add_argument("--overlay", type=int, metavar="CHANNEL",
@@ -25,10 +25,10 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..feature_maps import feature_map_grid, feature_map_overlay, feature_maps, top_channels
-    from ..figures import figure_format, save_figure
+    from ..figures import save_figure
     from ..images import load_image
 
-    figure_format(args.out)  # refuse a bad extension before any work
+    check_figure_output(args.out)  # refuse a bad extension or path before any work
     photo = load_image(args.image)
     model = model_from_args(args)
     x, maps = feature_maps(model, args.layer, photo)

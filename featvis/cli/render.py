@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
+from .common import (add_model_args, add_out_arg, add_precision_arg, model_from_args, positive_int, print_json,
+                     show_progress)
 
 if TYPE_CHECKING:
     import torch
@@ -25,10 +26,10 @@ def add_parser(subparsers) -> None:
                                                "fc:954 or class:banana (class logit).")
     add_model_args(parser)
     parser.add_argument("specs", nargs="+", metavar="SPEC", help="what to visualise (see above)")
-    parser.add_argument("--steps", type=int, default=FULL_STEPS,
+    parser.add_argument("--steps", type=positive_int, default=FULL_STEPS,
                         help=f"optimisation steps (default {FULL_STEPS}, full quality; 128 gives a fair preview in a quarter of the time)")
     parser.add_argument("--size", type=int, default=128, help="image side in px (default 128; the model sees >= its input size)")
-    parser.add_argument("--batch", type=int, default=None, metavar="N", help="images per optimisation (default 16)")
+    parser.add_argument("--batch", type=positive_int, default=None, metavar="N", help="images per optimisation (default 16)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     parser.add_argument("--param", choices=("fft", "pixel"), default="fft", help="image parameterisation (default fft)")
     parser.add_argument("--no-decorrelate", dest="decorrelate", action="store_false", help="no ImageNet colour decorrelation")
@@ -74,24 +75,33 @@ def image_grid(images: "list[torch.Tensor]") -> "torch.Tensor":
 
 def _paths(args: argparse.Namespace) -> list[Path]:
     """Final output path per spec (unique names in --out-dir); checks the folder is writable first."""
-    from ..fileio import ensure_writable_dir
+    from ..fileio import check_output_file, ensure_writable_dir
+    from ..images import image_format
 
     if args.out:
-        out = Path(args.out)
-        ensure_writable_dir(out.parent if str(out.parent) else ".")
-        return [out] * len(args.specs)
-    folder = ensure_writable_dir(args.out_dir)
-    seen: dict[str, int] = {}
-    paths = []
-    for spec in args.specs:
-        stem = slug(spec)
-        seen[stem] = seen.get(stem, 0) + 1
-        paths.append(folder / (f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png"))
+        image_format(args.out)  # refuse a bad extension before any work
+        paths = [Path(args.out)] * len(args.specs)
+    else:
+        folder = ensure_writable_dir(args.out_dir)
+        seen: dict[str, int] = {}
+        paths = []
+        for spec in args.specs:
+            stem = slug(spec)
+            seen[stem] = seen.get(stem, 0) + 1
+            paths.append(folder / (f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png"))
+    for path in dict.fromkeys(paths):
+        for target in [path, _partial(path), *(_at_step(path, step) for step in args.thresholds or ())]:
+            check_output_file(target)
     return paths
 
 
 def _at_step(path: Path, step: int) -> Path:
     return path.with_name(f"{path.stem}-step{step}{path.suffix or '.png'}")
+
+
+def _partial(path: Path) -> Path:
+    """Where an interrupted render's last images go: beside ``path``, never over it."""
+    return path.with_name(f"{path.stem}.partial{path.suffix or '.png'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
                      precision=args.precision, progress=show_progress(args))
     seconds = time.perf_counter() - began
     interrupted = len(results) < len(args.specs) or any(r.interrupted for r in results)
+    if interrupted:
+        paths = [_partial(path) for path in paths]
     if args.out:  # a threshold grid only where every image reached that step
         steps = set.intersection(*(set(r.images) for r in results)) - {results[0].steps}
         for step in sorted(steps):
@@ -121,16 +133,20 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < FULL_STEPS and not interrupted and show_progress(args):
         print(f"featvis: a quick render ({args.steps} steps, {seconds:.0f} s); for full quality use --steps {FULL_STEPS} "
               f"(about {seconds * FULL_STEPS / args.steps / 60:.0f} min here)", file=sys.stderr)
-    rows = [{"spec": spec, "path": str(path), "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio}
+    rows = [{"spec": spec, "path": str(path), "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio,
+             "steps": r.steps, "interrupted": r.interrupted}
             for spec, path, r in zip(args.specs, paths, results)]
+    rows += [{"spec": spec, "path": None, "activation": None, "natural_max": None, "ratio": None, "steps": 0,
+              "interrupted": True} for spec in args.specs[len(results):]]  # never started
     if args.json:
         print_json(rows)
-        return 130 if interrupted else 0
-    for row in rows:
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        natural = "-" if row["natural_max"] is None else f"{row['natural_max']:.4g}"
-        print(f"{row['spec']}: activation {row['activation']:.4g}, natural max {natural}, ratio {ratio} -> {row['path']}")
+    else:
+        for row in rows[: len(results)]:
+            ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+            natural = "-" if row["natural_max"] is None else f"{row['natural_max']:.4g}"
+            print(f"{row['spec']}: activation {row['activation']:.4g}, natural max {natural}, ratio {ratio} -> {row['path']}")
     if interrupted:
-        print(f"featvis: interrupted after {min(r.steps for r in results)} steps; saved the images so far", file=sys.stderr)
+        print(f"featvis: interrupted after {min(r.steps for r in results)} steps; saved the images so far beside "
+              f"the requested ones, as {paths[0].name}", file=sys.stderr)
         return 130
     return 0

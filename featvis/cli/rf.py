@@ -8,7 +8,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..errors import FeatvisError
-from .common import add_model_args, add_out_arg, model_from_args, print_json
+from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, print_json
 
 if TYPE_CHECKING:
     from ..receptive_field import ReceptiveField
@@ -71,13 +71,13 @@ def _row(field: ReceptiveField) -> tuple[str, ...]:
 
 def _effective(args: argparse.Namespace) -> int:
     from ..effective_rf import effective_field_figure, effective_receptive_field
-    from ..figures import figure_format, save_figure
+    from ..figures import save_figure
     from ..images import load_image
 
     if len(args.layers) != 1:
         raise FeatvisError(f"--effective measures one layer; give exactly one LAYER (got {len(args.layers)})")
     if args.out:
-        figure_format(args.out)  # refuse a bad extension before any work
+        check_figure_output(args.out)  # refuse a bad extension or path before any work
     photos = [load_image(path) for path in args.effective]
     model = model_from_args(args)
     erf = effective_receptive_field(model, args.layers[0], photos, input_size=args.input_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..choices import LAYERED, METHODS, OVERLAYS
-from .common import add_model_args, add_out_arg, model_from_args, print_json
+from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, positive_int, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -21,21 +21,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sanity", action="store_true", help="run the cascading model-randomization check too")
     add_out_arg(parser)
     parser.add_argument("--overlay", choices=OVERLAYS, help="map style (default: signed for ixg/ig/occlusion, else blend)")
-    parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps (default 50)")
-    parser.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default 25)")
+    parser.add_argument("--steps", type=positive_int, default=50, help="integrated-gradients steps (default 50)")
+    parser.add_argument("--samples", type=positive_int, default=25, help="SmoothGrad samples (default 25)")
     parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of the input range (default 0.15)")
-    parser.add_argument("--internal-batch-size", type=int, default=16, metavar="N",
+    parser.add_argument("--internal-batch-size", type=positive_int, default=16, metavar="N",
                         help="inputs per forward/backward pass for ig, smoothgrad and occlusion (default 16)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..figures import figure_format, save_figure
+    from ..figures import save_figure
     from ..images import load_image
     from ..saliency import saliency
     from ..sanity import cascading_randomization, deletion_insertion, report_figure
 
-    figure_format(args.out)  # refuse a bad extension before any work
+    check_figure_output(args.out)  # refuse a bad extension or path before any work
     photo = load_image(args.image)
     model = model_from_args(args)
     options = {"steps": args.steps, "samples": args.samples, "noise": args.noise,

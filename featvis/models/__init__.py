@@ -22,7 +22,9 @@ import torch
 import torchvision
 from torch import nn
 
+from ..devices import check_device
 from ..errors import FeatvisError
+from ..failures import describe, register_user_file
 from ..labels import imagenet_labels
 from ..model import FeatvisModel
 from ..weights import BVLC_GOOGLENET, SQUEEZENET1_1, apply_state_dict, load_caffe_weights, load_state_dict_file
@@ -107,7 +109,11 @@ def _import_factory(spec: str) -> Callable[[], nn.Module]:
         module_spec = importlib.util.spec_from_file_location(f"featvis_user_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module
-        module_spec.loader.exec_module(module)
+        register_user_file(path)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: report where it failed, in one line
+            raise FeatvisError(f"cannot import model file {path}: {describe(exc)}; fix the file") from None
     else:
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -115,10 +121,26 @@ def _import_factory(spec: str) -> Callable[[], nn.Module]:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise FeatvisError(f"cannot import '{target}' ({exc}); run from the folder holding it or add it to PYTHONPATH") from None
+        except Exception as exc:
+            raise FeatvisError(f"cannot import model module '{target}': {describe(exc)}; fix the module") from None
+        if getattr(module, "__file__", None):
+            register_user_file(module.__file__)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise FeatvisError(f"'{attr}' not found in {target}; MODEL must name a function or class that builds the model")
     return factory
+
+
+def _build(spec: str) -> nn.Module:
+    """Call the user's factory; its failure is one line naming where (or where the factory is defined)."""
+    factory = _import_factory(spec)
+    try:
+        return factory()
+    except Exception as exc:
+        code = getattr(factory, "__code__", None) or getattr(getattr(factory, "__init__", None), "__code__", None)
+        defined = f"{Path(code.co_filename).name}:{code.co_firstlineno}" if code else None
+        raise FeatvisError(f"the factory {spec} failed: {describe(exc, defined)}; MODEL must name a function or class "
+                           "that builds the model with no arguments") from None
 
 
 def load_model(
@@ -140,6 +162,7 @@ def load_model(
     built-in model's architecture without fetching its weights (unless ``weights`` is given):
     enough for layer shapes and theoretical receptive fields, offline.
     """
+    device = check_device(device)
     if isinstance(spec, nn.Module):
         model = FeatvisModel.wrap(spec)
         if weights is not None:
@@ -149,7 +172,7 @@ def load_model(
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], weights)
     elif ":" in spec:
-        built = _import_factory(spec)()
+        built = _build(spec)
         if not isinstance(built, nn.Module):
             raise FeatvisError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module; the factory must build a model")
         return load_model(built, weights, device, mean=mean, std=std, input_size=input_size, preprocess=preprocess)

@@ -39,6 +39,7 @@ from ..progress import Counter, progress_bar
 from ..reprs import short_repr
 from . import transforms as tf
 from .fast_layers import fast_layers, fused_conv_relus
+from .memory import check_render_fits
 from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
 from .param import make_param
@@ -112,18 +113,21 @@ def render(
     if keep[0] < 0 or keep[-1] > steps:
         raise FeatvisError(f"thresholds must lie in 0..{steps} (the number of steps), got {list(thresholds or ())}")
     scale = max(size, model.input_size)
-    shapes = layer_shapes(model, [layer for o in objectives for layer in o.layers], scale)
+    dtype = compute_dtype(precision, model)
+    chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
+    layers = [layer for o in objectives for layer in o.layers if layer != INPUT]
+    check_render_fits(model, layers, max(sum(o.span for o, _ in chunk) for chunk in chunks), size, scale, dtype)
+    shapes = layer_shapes(model, layers, scale)
     for objective in objectives:
         objective.check(shapes)
     transform = tf.resolve(transforms)
     start = _init_image(init, size)
     settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,
-                    transform=transform, init=start, keep=keep, dtype=compute_dtype(precision, model))
+                    transform=transform, init=start, keep=keep, dtype=dtype)
 
     # the natural-photo bar first: whatever it needs (the sample photos) fails before the optimisation
     maxima = [natural_max(model, o, scale, progress=progress) if natural and o.span == 1 else None for o in objectives]
     results: list[RenderResult] = []
-    chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
     with progress_bar(steps * len(chunks), "render", "steps", enabled=progress) as bar:
         for chunk in chunks:
             results += _optimise(model, chunk, bar, **settings)
@@ -250,7 +254,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
     generators = [torch.Generator().manual_seed(_image_seed(seed, objective.name, i)) for objective, _ in chunk
                   for i in range(objective.span)]
     image_param = make_param(param, generators, size, decorrelate=decorrelate, valid=valid, init=init).to(device)
-    thetas = transform.draw(generators, steps, size, scale).to(device) if transform else None
+    thetas = transform.stream(generators, steps, size, scale) if transform else None
     optimizer = torch.optim.Adam(image_param.parameters(), lr=LEARNING_RATE)
     scores = _batched(chunk)
     layers = [layer for objective, _ in chunk for layer in objective.layers if layer != INPUT]
@@ -274,7 +278,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
                         phase.close()
                         phase.enter_context(fused_conv_relus(model))
                     images = image_param()
-                    x = tf.apply(images, thetas[step], scale, transform.fill) if transform else tf.resize(images, scale)
+                    x = tf.apply(images, next(thetas).to(device), scale, transform.fill) if transform else tf.resize(images, scale)
                     loss = -scores(activations(images, x, dtype)).sum()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

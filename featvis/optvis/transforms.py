@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import FeatvisError
+
+DRAW_BLOCK = 256  # steps of random transforms drawn at once
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,13 @@ class Transforms:
         angle = torch.tensor(self.angles, dtype=torch.float64)[pick(3, len(self.angles)).long()] * math.pi / 180
         a2 = torch.stack([pick(4, self.jitter2 + 1), pick(5, self.jitter2 + 1)], -1)
         return affine_theta(size, out_size, self.pad, self.jitter, self.jitter2, a1, k, angle, a2).float()
+
+    def stream(self, generators: Sequence[torch.Generator], steps: int, size: int, out_size: int,
+               block: int = DRAW_BLOCK) -> Iterator[torch.Tensor]:
+        """The matrices of `draw`, [B, 2, 3] per step, drawn ``block`` steps at a time: memory stays
+        bounded however many steps run (each generator's stream is the same as one draw of every step)."""
+        for start in range(0, steps, block):
+            yield from self.draw(generators, min(block, steps - start), size, out_size)
 
 
 def affine_theta(size: int, out_size: int, pad: float, jitter: float, jitter2: float, a1: torch.Tensor, k: torch.Tensor,

@@ -29,7 +29,7 @@ class LineProgress:
         self.file = file or sys.stderr
         self.n = 0
         self.start = time.monotonic()
-        self.last = self.start  # the first line after one interval: a quick job (or a quick failure) prints none
+        self.last = self.start  # no line at the start: a job that fails at once prints only its error
 
     def update(self, n: int = 1) -> None:
         self.n += n

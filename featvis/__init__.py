@@ -18,6 +18,8 @@ Public API (everything a notebook needs):
   ``"mixed4a:97"`` (``parse_spec``) or ``objectives`` combined with + - *; ``natural_max``.
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
   faster), float32 elsewhere; reported activations are float32 measurements.
+- Circuits (Olah et al. 2020): ``expanded_weights(model, source, target)``, ``top_connections(model, unit, source, k)``
+  and ``weight_similarity(model, layer)`` (neuron families by their weights).
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 """
 
@@ -38,6 +40,7 @@ from .effective_rf import effective_receptive_field
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
 from .saliency import SaliencyResult, guided_model, saliency
 from .sanity import cascading_randomization, deletion_insertion
+from .circuits import expanded_weights, top_connections, weight_similarity
 
 __version__ = "0.1.0"
 
@@ -77,4 +80,7 @@ __all__ = [
     "sample_photos",
     "save_figure",
     "save_image",
+    "expanded_weights",
+    "top_connections",
+    "weight_similarity",
 ]

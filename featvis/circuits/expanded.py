@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..errors import FeatvisError
 from ..model import FeatvisModel, as_model
 from ..probe import capture
-from ..receptive_field import ReceptiveField, receptive_field, relative_field
+from ..receptive_field import ReceptiveField, relative_field
 
 #: Activations taken as the identity (Olah et al.'s linearization), and local response norm.
 IDENTITIES = frozenset("""
@@ -84,32 +84,22 @@ def _average_pool(bound: dict) -> torch.Tensor:
                         bound.get("padding", 0), bool(bound.get("ceil_mode", False)), count_include_pad=False)
 
 
-def spatial_field(model: FeatvisModel, layer: str) -> ReceptiveField:
-    """The field of ``layer`` on the image; refused when the layer has no map of positions."""
-    field = receptive_field(model, layer)
-    if field.unanalysed:
-        raise FeatvisError(f"cannot follow the graph up to '{layer}': no rule for {'; '.join(field.unanalysed)}; "
-                           "describe the layer with featvis.register_rule")
-    if field.stride == (0, 0):
-        raise FeatvisError(f"layer '{layer}' has no spatial positions (it comes after global pooling or a flatten); "
-                           "choose a convolutional layer before the global pool")
-    return field
-
-
 def fitted_field(model: FeatvisModel, source: str, target: str) -> tuple[ReceptiveField, int, tuple[int, int]]:
     """The relative field of ``target`` on ``source`` for the smallest tried image where the
     central target unit reads no padding: (field, image side, that unit)."""
     if model.resolve(source) == model.resolve(target):
         raise FeatvisError(f"source and target are the same layer '{target}'; choose a source upstream of the target")
-    stride = spatial_field(model, source).stride
-    spatial_field(model, target)
     field = relative_field(model, source, target)  # at the model's size: wrong layer pairs fail here
+    if field.input_size == (1, 1):
+        raise FeatvisError(f"layer '{source}' has no spatial positions (a 1x1 map, after global pooling or a flatten); "
+                           "choose a convolutional layer before the global pool")
     if field.unanalysed:
         raise FeatvisError(f"cannot follow the graph from '{source}' to '{target}': no rule for "
                            f"{'; '.join(field.unanalysed)}; describe the layer with featvis.register_rule")
     if field.stride == (0, 0):
-        raise FeatvisError(f"layer '{target}' pools '{source}' globally (no spatial positions left); "
-                           "choose a target before the global pool")
+        raise FeatvisError(f"layer '{target}' has no spatial positions relative to '{source}' (global pooling between "
+                           "them); choose a target before the global pool")
+    stride = [math.ceil(model.input_size / n) for n in field.input_size]  # image px per source unit, about
     need = max(s * (k + 2 * t + 2) for s, k, t in zip(stride, field.size, field.stride))
     side = max(32, min(need, model.input_size))
     while side <= MAX_INPUT:
@@ -137,11 +127,6 @@ def expanded_weights(model: nn.Module, source: str, target: str, *, progress: bo
     fmodel = as_model(model)
     field, side, (y, x) = fitted_field(fmodel, source, target)
     box = field.region((y, x))
-    channels_out, channels_in = field.output_shape[0], _channels(fmodel, source, side)
-    count = channels_out * channels_in * box.height * box.width
-    if count > MAX_ELEMENTS:
-        raise FeatvisError(f"the expanded weights from '{source}' to '{target}' would hold {count:,} numbers "
-                           f"({channels_out}x{channels_in}x{box.height}x{box.width}); choose layers closer together")
     net = copy.deepcopy(fmodel).to(torch.float64).eval()
     net.requires_grad_(False)
     impulse: list[torch.Tensor] = []
@@ -160,6 +145,11 @@ def expanded_weights(model: nn.Module, source: str, target: str, *, progress: bo
     finally:
         handle.remove()
     source_map = impulse[0]
+    channels_out, channels_in = field.output_shape[0], source_map.shape[1]
+    count = channels_out * channels_in * box.height * box.width
+    if count > MAX_ELEMENTS:
+        raise FeatvisError(f"the expanded weights from '{source}' to '{target}' would hold {count:,} numbers "
+                           f"({channels_out}x{channels_in}x{box.height}x{box.width}); choose layers closer together")
     chunk = max(1, min(channels_out, CHUNK_BYTES // (8 * source_map.numel())))
     kernels = []
     for start in tqdm(range(0, channels_out, chunk), desc="expanded weights", unit="chunk", disable=not progress):
@@ -170,7 +160,3 @@ def expanded_weights(model: nn.Module, source: str, target: str, *, progress: bo
         kernels.append(grads[:, 0, :, box.y0 : box.y1, box.x0 : box.x1].cpu())
     return torch.cat(kernels)
 
-
-def _channels(model: FeatvisModel, layer: str, side: int) -> int:
-    """Channels of ``layer``'s output (a shape-only pass through the tracer)."""
-    return receptive_field(model, layer, side).output_shape[0]

@@ -32,6 +32,7 @@ from ..optvis.objectives import INPUT
 from ..optvis.transforms import resize
 from ..probe import capture
 from . import manifest as mf
+from .circuits import CircuitPlanner
 from .manifest import Key, Record, ShardManifest
 from .patches import LayerPeaks, layer_peaks, photos_digest, read_photos, top_patches
 from .plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
@@ -85,10 +86,11 @@ class GalleryJob:
 
     def __init__(self, model: FeatvisModel, root: Path, units: list[Unit], shard: tuple[int, int], settings: dict,
                  batch: int, photos: list | None, patches: int, negative: bool, diversity: int, filters: bool,
-                 progress: bool):
+                 progress: bool, circuits: CircuitPlanner | None = None):
         self.model, self.root, self.units, self.shard = model, root, units, shard
         self.settings, self.batch, self.photos, self.patches = settings, batch, photos, patches
         self.negative, self.diversity, self.filters, self.progress = negative, diversity, filters, progress
+        self.circuits = circuits
         self.meta = {"name": model.name, "fingerprint": settings["model"]}
         manifests = mf.read_manifests(root)
         mf.check_same_model(manifests, self.meta, root)
@@ -141,7 +143,7 @@ class GalleryJob:
             self.commit(self.make_filters())
         for number, unit in enumerate(self.units, 1):
             began = time.perf_counter()
-            records = self.make_renders(unit) + self.make_diversity(unit) + self.make_patches(unit)
+            records = self.make_renders(unit) + self.make_diversity(unit) + self.make_patches(unit) + self.make_circuits(unit)
             self.commit(records)
             channels = f"channels {unit.channels[0]}..{unit.channels[-1]}" if len(unit.channels) > 1 else f"channel {unit.channels[0]}"
             what = f"{len(records)} items made" if records else "already done"
@@ -247,6 +249,18 @@ class GalleryJob:
                 "photos": {"count": len(self.photos), "digest": digest}, "patches": entries}))
         return records
 
+    def make_circuits(self, unit: Unit) -> list[Record]:
+        """Each channel's strongest inputs and outputs by expanded weight (see featvis.gallery.circuits)."""
+        if self.circuits is None:
+            return []
+        records = []
+        for c in unit.channels:
+            settings = mf.canonical({"model": self.settings["model"], "layer": unit.layer.path, "channel": c,
+                                     "kind": "circuits", **self.circuits.settings(unit.layer)})
+            if self.todo(unit.layer, c, "circuits", settings):
+                records.append(self.record(unit.layer, c, "circuits", settings, {}, self.circuits.connections(unit.layer, c)))
+        return records
+
 
 @torch.no_grad()
 def channel_values(model: FeatvisModel, layer: str, c: int, images: torch.Tensor, size: int) -> list[float]:
@@ -275,6 +289,7 @@ def make_gallery(
     shard: tuple[int, int] | None = None,
     precision: str = "auto",
     progress: bool = True,
+    circuits: int = 0,
 ) -> GalleryReport:
     """Render a gallery of ``layers`` (channels ``channels``, e.g. ``"0:16"``; all by default) into ``out``.
 
@@ -283,13 +298,16 @@ def make_gallery(
     ``out``. ``images`` is a folder of photos for each channel's top ``patches`` patches;
     ``negative`` adds negative visualizations, ``diversity`` (>= 2) a diversity set per channel,
     ``filters`` the first convolution's kernels; ``precision`` as for `render` (the resolved number
-    format is part of each image's settings).
+    format is part of each image's settings). ``circuits=k`` lists on each channel page its ``k``
+    strongest inputs and outputs by expanded weight (featvis.gallery.circuits).
     """
     root = ensure_writable_dir(out)
     fmodel = as_model(model)
     for name, value, least in (("steps", steps, 1), ("size", size, 1), ("patches", patches, 1)):
         if int(value) < least:
             raise FeatvisError(f"--{name} must be at least {least}, got {value}")
+    if circuits < 0 or circuits > 64:
+        raise FeatvisError(f"--circuits takes 1 to 64 connections per side, got {circuits}")
     if diversity == 1 or diversity < 0:
         raise FeatvisError(f"--diversity needs at least 2 images (or 0 for none), got {diversity}")
     chosen = resolve_layers(fmodel, parse_layers(layers))
@@ -301,8 +319,10 @@ def make_gallery(
     # what an image depends on; not the batch: the engine gives each image its own random draws
     settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
                 "precision": str(compute_dtype(precision, fmodel)).removeprefix("torch.")}
+    log = (lambda message: print(message, file=sys.stderr, flush=True)) if progress else (lambda message: None)
+    planner = CircuitPlanner(fmodel, chosen, int(circuits), log) if circuits else None
     job = GalleryJob(fmodel, root, units, (index, count), settings, batch, photos, int(patches), negative,
-                     int(diversity), filters, progress)
+                     int(diversity), filters, progress, planner)
     return job.run()
 
 

@@ -21,6 +21,7 @@ from typing import Iterable
 
 from ..fileio import atomic_write_text
 from ..html import Markup, document, join, tag, url
+from .circuits import circuit_sections
 from .manifest import Key, Record
 
 CSS = """
@@ -38,6 +39,7 @@ h1{font-size:1.5em;margin:.3em 0}h2{font-size:1.15em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;font-size:.9em}td,th{padding:3px 10px;border-bottom:1px solid #e4e4e4;text-align:left}
 code{background:#eee;padding:0 3px;border-radius:3px}
 .muted{color:#777}
+.circuits img{width:96px;height:96px}.circuits .wmap{display:block;margin:3px auto;border:1px solid #ccc}
 """
 
 
@@ -73,6 +75,8 @@ class Site:
         for entry in self.layers.values():  # a channel page needs its visualization
             entry["channels"] = {c: kinds for c, kinds in sorted(entry["channels"].items()) if "positive" in kinds}
         self.ordered = sorted(self.layers.values(), key=lambda e: (e["info"].get("order", 0), e["info"]["path"]))
+        self.named = {name: entry for entry in self.ordered
+                      for name in (entry["info"]["name"], entry["info"]["path"], *entry["info"].get("aliases", []))}
 
     # --- paths ---------------------------------------------------------------------------------
     @staticmethod
@@ -139,6 +143,7 @@ class Site:
             data[kind] = kinds[kind].result if kind in kinds else None
         data["patches"] = kinds["patches"].result["patches"] if "patches" in kinds else []
         data["photos"] = kinds["patches"].result["photos"] if "patches" in kinds else None
+        data["circuits"] = kinds["circuits"].result if "circuits" in kinds else None
         return data
 
     def _page(self, page: str, title: str, crumbs: Iterable[tuple[str, str]], here: str, *body) -> str:
@@ -151,6 +156,13 @@ class Site:
         return tag("a", tag("img", src=self.link(page, result["image"]), alt=f"{info['name']} channel {channel}",
                             title=f"{result['spec']}  activation {_number(result['activation'])}"),
                    href=self.link(page, self.channel_page(info, channel)), class_=css)
+
+    def _linked_thumb(self, page: str, layer: str, channel: int) -> Markup | None:
+        """The thumbnail of ``layer``'s ``channel`` linked to its page, when the gallery has that page."""
+        entry = self.named.get(layer)
+        if entry is None or channel not in entry["channels"]:
+            return None
+        return self._thumb(page, entry["info"], channel, entry["channels"][channel], "")
 
     def index(self) -> str:
         page = "index.html"
@@ -233,6 +245,8 @@ class Site:
                                                 f"box y {p['box'][0]}:{p['box'][2]}, x {p['box'][1]}:{p['box'][3]}",
                                                 tag("br"), f"activation {_number(p['activation'], '.3g')}"),
                                             class_="card") for p in data["patches"]], class_="grid"))
+        if data["circuits"]:
+            sections.extend(circuit_sections(data["circuits"], lambda layer, c: self._linked_thumb(page, layer, c)))
         crumbs = [("index", "index.html"), (info["name"], self.layer_page(info))]
         return self._page(page, f"{info['name']} {channel} — featvis gallery", crumbs, f"channel {channel}", *sections)
 

@@ -67,7 +67,7 @@ def average_linkage(distance: np.ndarray, clusters: int) -> tuple[list[int], lis
     alive = np.ones(n, dtype=bool)
     labels = list(range(n))
     for merged in range(n - 1):
-        flat = int(np.argmin(np.where(alive[:, None] & alive[None, :], d, np.inf)))
+        flat = int(np.argmin(d))  # merged-away rows and columns hold inf
         a, b = divmod(flat, n)
         a, b = min(a, b), max(a, b)
         row = (sizes[a] * d[a] + sizes[b] * d[b]) / (sizes[a] + sizes[b])  # Lance-Williams update
@@ -92,12 +92,14 @@ def _labels(members: dict[int, list[int]], n: int) -> list[int]:
     return labels
 
 
-def weight_similarity(model: nn.Module, layer: str, source: str | None = None, clusters: int = 8) -> WeightSimilarity:
+def weight_similarity(model: nn.Module, layer: str, source: str | None = None, clusters: int = 8, *,
+                      weights: torch.Tensor | None = None) -> WeightSimilarity:
     """Group ``layer``'s channels into ``clusters`` families by their expanded weights from
-    ``source`` (default: the layer just before, see `previous_layer`); see the module docstring."""
+    ``source`` (default: the layer just before, see `previous_layer`); see the module docstring.
+    ``weights``: ``expanded_weights(model, source, layer)`` when already computed."""
     fmodel = as_model(model)
     source = source or previous_layer(fmodel, layer)
-    weights = expanded_weights(fmodel, source, layer)
+    weights = expanded_weights(fmodel, source, layer) if weights is None else weights
     if len(weights) > MAX_CHANNELS:
         raise FeatvisError(f"layer '{layer}' has {len(weights)} channels; weight_similarity clusters at most {MAX_CHANNELS}")
     if clusters < 1:

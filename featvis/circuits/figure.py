@@ -34,11 +34,14 @@ def circuit_figure(connections: Connections, unit_image: torch.Tensor, images: d
     """The figure for ``connections``; ``images`` maps (layer, channel) of every connection to its
     feature visualization [3, H, W], ``unit_image`` is the unit's own."""
     rows = max(len(connections.inputs), len(connections.outputs), 1)
-    fig = new_figure(9.0, 1.25 * rows + 0.9)
-    cells = fig.add_gridspec(rows, 5, width_ratios=[1, 1, max(2.0, rows / 2), 1, 1])
+    both = bool(connections.inputs) and bool(connections.outputs)
+    centre = 2 if connections.inputs else 0
+    fig = new_figure(9.0 if both else 6.0, 1.25 * rows + 0.9)
+    ratios = [1, 1] * bool(connections.inputs) + [max(2.0, rows / 2)] + [1, 1] * bool(connections.outputs)
+    cells = fig.add_gridspec(rows, len(ratios), width_ratios=ratios)
     _side(fig, cells, connections.inputs, images, 0, 1, "weight (inputs)")
-    show_image(fig.add_subplot(cells[:, 2]), unit_image, connections.unit)
-    _side(fig, cells, connections.outputs, images, 4, 3, "weight (outputs)")
-    fig.suptitle(title or f"{connections.unit}: strongest inputs (left) and outputs (right) by expanded weight",
-                 fontsize=12)
+    show_image(fig.add_subplot(cells[:, centre]), unit_image, connections.unit)
+    _side(fig, cells, connections.outputs, images, centre + 2, centre + 1, "weight (outputs)")
+    sides = " and ".join(name for name, side in (("inputs (left)", connections.inputs), ("outputs (right)", connections.outputs)) if side)
+    fig.suptitle(title or f"{connections.unit}: strongest {sides or 'connections'} by expanded weight", fontsize=12)
     return fig

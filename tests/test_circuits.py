@@ -15,6 +15,7 @@ from torch import nn
 import featvis
 from featvis.circuits.families import average_linkage
 from featvis.errors import FeatvisError
+from featvis.receptive_field import relative_field
 
 
 def _without_nonlinearities(module: nn.Module) -> nn.Module:
@@ -182,6 +183,13 @@ def test_bad_layer_pairs_are_refused_in_one_line(source, target, message):
     with pytest.raises(FeatvisError, match=message) as info:
         featvis.expanded_weights(Planted(), source, target)
     assert "\n" not in str(info.value)
+
+
+def test_relative_field_of_mixed4a_on_mixed3a_by_hand():
+    """mixed3b's 5x5 branch (5 units), maxpool3 3x3/2 (5 + 2 = 7), mixed4a's 5x5 at stride 2 (7 + 4 * 2 = 15)."""
+    model = featvis.load_model("inceptionv1", pretrained=False)
+    field = relative_field(model, "mixed3a", "mixed4a")
+    assert (field.size, field.stride, field.input_size, field.output_shape) == ((15, 15), (2, 2), (28, 28), (512, 14, 14))
 
 
 def test_layers_after_global_pooling_are_refused():

@@ -111,6 +111,7 @@ def top_connections(
     photos: Sequence | None = None,
     *,
     sign: str | None = None,
+    progress: bool = False,
 ) -> Connections:
     """The ``k`` strongest inputs of ``unit`` ("LAYER:CHANNEL") from layer ``source`` and, with
     ``target``, its ``k`` strongest outputs to that layer, strongest first.
@@ -118,18 +119,19 @@ def top_connections(
     Weights view (default): strength is the norm of the expanded weight (``sign``: of its
     positive or negative part only). Attribution view (``photos``: tensors [3, H, W] in [0, 1] or
     paths): each map is the weight times the mean activation it multiplies, strength the absolute
-    value of its sum (``sign``: the most excitatory or most inhibitory sums)."""
+    value of its sum (``sign``: the most excitatory or most inhibitory sums). ``progress``: a bar
+    while the expanded weights are computed."""
     fmodel = as_model(model)
     layer, channel = parse_unit(fmodel, unit)
     if k < 1:
         raise FeatvisError(f"k must be at least 1, got {k}")
-    incoming = expanded_weights(fmodel, source, layer)
+    incoming = expanded_weights(fmodel, source, layer, progress=progress)
     if channel >= incoming.shape[0]:
         raise FeatvisError(f"channel {channel} is out of range for layer '{layer}' ({incoming.shape[0]} channels); "
                            f"use 0..{incoming.shape[0] - 1}")
     ends = [(source, incoming[channel], lambda: mean_windows(fmodel, photos, source, layer))]
     if target is not None:
-        ends.append((target, expanded_weights(fmodel, layer, target)[:, channel],
+        ends.append((target, expanded_weights(fmodel, layer, target, progress=progress)[:, channel],
                      lambda: mean_windows(fmodel, photos, layer, target)[channel]))
     ranked = []
     for other, maps, windows in ends:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import FeatvisError
 from .common import add_model_args, add_precision_arg, model_from_args, print_json
@@ -34,7 +35,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..circuits.connections import top_connections
-    from ..figures import figure_format, save_figure
+    from ..figures import figure_format
     from ..fileio import ensure_writable_dir
     from ..images import load_image
 
@@ -44,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
         raise FeatvisError(f"--steps must be >= 1 and --size >= 8 px, got {args.steps} and {args.size}")
     if args.output:
         figure_format(args.output)  # a bad extension or folder fails before any work
-        ensure_writable_dir(args.output.rpartition("/")[0] or ".")
+        ensure_writable_dir(Path(args.output).parent)
     photos = [load_image(path) for path in args.photos] if args.photos else None
     model = model_from_args(args)
     connections = top_connections(model, args.spec, args.source, args.k, target=args.target, photos=photos,
-                                  sign=None if args.sign == "any" else args.sign)
+                                  sign=None if args.sign == "any" else args.sign, progress=sys.stderr.isatty())
     path = _figure(model, connections, args) if args.output else None
     if args.json:
         print_json(connections.to_dict())

@@ -224,3 +224,21 @@ def test_weight_families_recover_planted_rotated_copies_and_agree_with_scipy():
     assert sorted(order) == list(range(12))
     expected = fcluster(tree, 5, criterion="maxclust")
     assert len({(a, b) for a, b in zip(labels, expected)}) == len(set(expected)) == len(set(labels))
+
+
+def test_attribution_of_a_strided_padded_layer_averages_the_units_that_read_no_padding():
+    """conv 3x3 / stride 2 / padding 1: unit y reads rows 2y-1 .. 2y+1, so rows from 1 on, in steps of 2."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3, stride=2, padding=1))
+    photos = [torch.rand(3, 30, 30, generator=torch.Generator().manual_seed(10 + i)) for i in range(2)]
+    found = featvis.top_connections(net, "2:3", "0", k=4, photos=photos)
+    model = featvis.as_model(net)
+    acts = torch.cat([featvis.capture(model, model.prepare(p), ["0"])["0"] for p in photos]).double()
+    kernel = net[2].weight.detach().double()[3]
+    height = acts.shape[-1]
+    inside = [y for y in range(height) if 2 * y - 1 >= 0 and 2 * y + 1 < height]
+    for connection in found.inputs:
+        s = connection.channel
+        values = [float((acts[n, s, 2 * y - 1 : 2 * y + 2, 2 * x - 1 : 2 * x + 2] * kernel[s]).sum())
+                  for n in range(len(photos)) for y in inside for x in inside]
+        assert connection.sum == pytest.approx(sum(values) / len(values), rel=1e-9, abs=1e-12)

@@ -95,7 +95,8 @@ def mean_windows(model: FeatvisModel, photos: Sequence, layer: str, target: str)
     for start in range(0, len(images), PHOTO_BATCH):
         batch = torch.cat([model.prepare(image) for image in images[start : start + PHOTO_BATCH]])
         acts = capture(model, batch, [layer])[layer].double()
-        windows = F.unfold(acts, field.size, stride=field.stride)  # [N, C*kh*kw, L]
+        (oy, ox) = (-p % s for p, s in zip(field.padding, field.stride))  # where the target units' windows start
+        windows = F.unfold(acts[..., oy:, ox:], field.size, stride=field.stride)  # [N, C*kh*kw, L]
         summed = windows.sum(dim=(0, 2))
         total = summed if total is None else total + summed
         count += windows.shape[0] * windows.shape[2]

@@ -19,6 +19,8 @@ Public API (everything a notebook needs):
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
   faster), float32 elsewhere; reported activations are float32 measurements.
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
+- Building blocks (Olah et al. 2018): ``explain(model, photo, "mixed4d", target=..., groups=6)`` -> ``Explanation``
+  (semantic dictionary, activation grid at exact RF centres, NMF groups, gradient x activation), ``explanation_page``, ``nmf``.
 """
 
 from . import reference
@@ -38,6 +40,7 @@ from .effective_rf import effective_receptive_field
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
 from .saliency import SaliencyResult, guided_model, saliency
 from .sanity import cascading_randomization, deletion_insertion
+from .explain import Explanation, explain, explanation_page, nmf
 
 __version__ = "0.1.0"
 
@@ -77,4 +80,8 @@ __all__ = [
     "sample_photos",
     "save_figure",
     "save_image",
+    "Explanation",
+    "explain",
+    "explanation_page",
+    "nmf",
 ]

@@ -83,6 +83,7 @@ class Explanation:
     flow: torch.Tensor | None = None
     channel_icons: list[torch.Tensor] | None = None
     grid_icons: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    grid_step: int = 1
     steps: int = 0
 
     @property
@@ -110,7 +111,7 @@ class Explanation:
                             "map": self.attribution.tolist()},
             "dictionary": {"position": list(self.position), "center": self.centres[self.position].tolist(),
                            "channels": [{"channel": c, "value": v} for c, v in zip(self.channels, self.values)]},
-            "grid": {"shape": list(self.acts.shape[1:]), "stride": list(self.stride),
+            "grid": {"shape": list(self.acts.shape[1:]), "stride": list(self.stride), "step": self.grid_step,
                      "centers": self.centres.tolist(), "rendered": [list(p) for p in self.grid_icons]},
         }
         if self.earlier is not None:
@@ -246,8 +247,7 @@ def _render_icons(model: FeatvisModel, result: Explanation, grid_step: int, **op
     result.channel_icons, images = images[:k], images[k:]
     for g in sets:
         g.icons, images = images[: len(g.directions)], images[len(g.directions):]
-    result.grid_icons = dict(zip(positions, images))
-    result.steps = options["steps"]
+    result.grid_icons, result.grid_step, result.steps = dict(zip(positions, images)), grid_step, options["steps"]
 
 
 def _named(objective: Objective, name: str) -> Objective:

@@ -37,14 +37,15 @@ def unit_centres(model: FeatvisModel, layer: str, input_hw: tuple[int, int]) -> 
 
 
 def compose_grid(photo: torch.Tensor, icons: Mapping[tuple[int, int], torch.Tensor], centres: torch.Tensor,
-                 stride: tuple[int, int], zoom: int | None = None) -> torch.Tensor:
+                 stride: tuple[int, int], zoom: int | None = None, cell: int = 1) -> torch.Tensor:
     """The photo [3, S, S] enlarged ``zoom`` times with each icon [3, s, s] of position (y, x) drawn
-    ``stride`` input pixels wide, centred on ``centres[y, x]`` (input pixel k's centre is k + 0.5
-    in continuous coordinates); icons reaching past the border are cut. Returns [3, S*zoom, S*zoom]."""
-    zoom = zoom or max(1, round(ICON_PIXELS / max(stride)))
+    ``cell`` strides wide (``cell`` > 1 when only every cell-th position was rendered), centred on
+    ``centres[y, x]`` (input pixel k's centre is k + 0.5 in continuous coordinates); icons reaching
+    past the border are cut. Returns [3, S*zoom, S*zoom]."""
+    zoom = zoom or max(1, round(ICON_PIXELS / (max(stride) * cell)))
     canvas = F.interpolate(photo[None].float(), scale_factor=zoom, mode="nearest")[0]
     height, width = canvas.shape[1:]
-    side_y, side_x = stride[0] * zoom, stride[1] * zoom
+    side_y, side_x = stride[0] * zoom * cell, stride[1] * zoom * cell
     for (y, x), icon in icons.items():
         piece = F.interpolate(icon[None].float(), size=(side_y, side_x), mode="bilinear", antialias=True, align_corners=False)[0]
         top = round((float(centres[y, x, 0]) + 0.5) * zoom - side_y / 2)

@@ -44,17 +44,20 @@ def data_uri(png: bytes) -> str:
 
 def grid_image(expl: Explanation) -> torch.Tensor:
     """The activation grid: each rendered position's icon at its receptive-field centre on the photo."""
-    return compose_grid(expl.image, expl.grid_icons, expl.centres, expl.stride)
+    return compose_grid(expl.image, expl.grid_icons, expl.centres, expl.stride, cell=expl.grid_step)
 
 
 def attribution_figure(model: FeatvisModel, expl: Explanation) -> Figure:
-    """The photo with the dictionary position's receptive field, and the signed spatial attribution."""
+    """The photo with the dictionary position's receptive field (box, clipped) and centre (cross),
+    and the signed spatial attribution."""
     fig = new_figure(8, 4)
     ax_photo, ax_map = fig.subplots(1, 2)
     size = tuple(expl.image.shape[-2:])
     show_image(ax_photo, expl.image, f"{expl.label} (p = {expl.prob:.2f})")
     box = receptive_field(model, expl.layer, input_size=size).region(expl.position).clip(*size)
     ax_photo.add_patch(Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.width, box.height, fill=False, color="yellow", lw=1.5))
+    cy, cx = expl.centres[expl.position].tolist()
+    ax_photo.plot([cx], [cy], marker="+", color="yellow", markersize=14, mew=2)
     values = to_input_space(model, expl.layer, expl.attribution.float(), size)
     mappable = show_map(ax_map, values, "signed", title=f"gradient x activation at {expl.layer}")
     add_colorbar(fig, mappable, ax_map, "logit contribution per pixel of the map")
@@ -94,7 +97,7 @@ def explanation_page(model: FeatvisModel, expl: Explanation, title: str) -> str:
     body = [
         tag("h1", title), tag("p", summary),
         tag("h2", "Spatial attribution"), tag("div", img(figure_bytes(attribution_figure(model, expl)), "attribution"), class_="wide"),
-        tag("h2", f"Semantic dictionary at position {expl.position[0]},{expl.position[1]} (yellow box)"),
+        tag("h2", f"Semantic dictionary at position {expl.position[0]},{expl.position[1]} (yellow cross)"),
         tag("div", dictionary, class_="row"),
         tag("h2", "Activation grid"),
         tag("p", f"{len(expl.grid_icons)} positions, each icon at its receptive field's centre.", class_="muted"),

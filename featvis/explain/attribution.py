@@ -105,4 +105,4 @@ def group_flow(model: FeatvisModel, x: torch.Tensor, earlier: str, acts: torch.T
         presence = torch.einsum("chw,jc->j", a2, H2.to(a2))
         rows = [torch.autograd.grad(presence[j], a, retain_graph=j + 1 < len(presence))[0][0] for j in range(len(presence))]
     grads = torch.stack(rows)  # [k2, C, H, W]
-    return torch.einsum("jchw,ichw->ij", grads.double(), groups.double())
+    return torch.einsum("jchw,ichw->ij", grads.double(), groups.double()).cpu()

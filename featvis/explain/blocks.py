@@ -153,21 +153,26 @@ def explain(
     acts = layer_activations(model, x, layer)
     c, h, w = acts.shape
     _check_counts(layer, acts, groups, top, grid_step)
+    if icons and (steps < 1 or size < 8):
+        raise FeatvisError(f"icons need steps >= 1 and size >= 8 px, got steps={steps}, size={size}")
     where = _position(acts, position, layer)
     logit, grad = logit_gradient(model, x, layer, acts, index)
+    grad = grad.cpu()  # the numbers are small: from here on everything but the model runs on the CPU
     mine = _groups(layer, acts, groups, seed)
     mine.attribution = torch.einsum("chw,kc,khw->k", grad.double(), mine.directions, mine.maps)
     earlier_layer = _earlier_layer(model, x, layer, earlier)
     before = flow = None
     if earlier_layer is not None:
         earlier_acts = layer_activations(model, x, earlier_layer)
-        before = _groups(earlier_layer, earlier_acts, min(groups, *earlier_acts.shape[:1]), seed)
+        c1, h1, w1 = earlier_acts.shape
+        before = _groups(earlier_layer, earlier_acts, min(groups, c1, h1 * w1), seed)
         flow = group_flow(model, x, earlier_layer, earlier_acts, before.nmf.W, before.nmf.H, layer, mine.directions)
+    acts = acts.cpu()
     values, chosen = acts[:, where[0], where[1]].topk(min(top, c))
     centres, stride = unit_centres(model, layer, tuple(x.shape[-2:]))
     result = Explanation(
         model=model.name, layer=layer, image=x[0].cpu(), target=index, label=label, prob=prob, logit=logit,
-        acts=acts.cpu(), grad=grad.cpu(), attribution=(grad.double() * acts.double()).sum(0).cpu(),
+        acts=acts, grad=grad, attribution=(grad.double() * acts.double()).sum(0),
         total=float(torch.dot(grad.double().flatten(), acts.double().flatten())), groups=mine, position=where,
         channels=chosen.tolist(), values=values.tolist(), centres=centres, stride=stride, earlier=before, flow=flow,
     )

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
                         help="earlier layer whose groups are attributed to --layer's (default auto: three blocks back)")
     parser.add_argument("--steps", type=int, default=512, help="optimisation steps of every icon (default 512; 0: no icons)")
     parser.add_argument("--size", type=int, default=80, help="icon side in px (default 80)")
-    parser.add_argument("--grid-step", type=int, default=1, metavar="N", help="render every N-th grid position per axis (default 1)")
+    parser.add_argument("--grid-step", type=int, default=1, metavar="N", help="render every N-th grid position per axis, icons N units wide (default 1)")
     parser.add_argument("--batch", type=int, default=None, metavar="N", help="icons per optimisation (default 16)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the NMF and the icons (default 0)")
     add_precision_arg(parser)

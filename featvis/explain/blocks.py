@@ -39,9 +39,10 @@ EARLIER_BLOCKS = 3
 
 @dataclass
 class Groups:
-    """A layer's neuron groups: ``maps`` [k, h, w] (where each group is present), ``directions``
-    [k, C] (channel space), ``nmf`` the factorisation, ``attribution`` [k] to the target (None for
-    the earlier layer) and ``icons`` (one per group, None without rendering)."""
+    """A layer's neuron groups: ``directions`` [k, C] (unit vectors in channel space) and ``maps``
+    [k, h, w] (how far each position's activation reaches along them: ``maps[j] ⊗ directions[j]``
+    is group j's part of the activations), ``nmf`` the raw factorisation, ``attribution`` [k] to
+    the target (None for the earlier layer) and ``icons`` (one per group, None without rendering)."""
 
     layer: str
     maps: torch.Tensor
@@ -143,9 +144,9 @@ def explain(
     ``groups``: NMF groups (``seed`` fixes them); ``top``: channels in the semantic dictionary at
     ``position`` (row, column of the layer; default the strongest, largest activation norm);
     ``earlier``: layer whose groups are attributed to ``layer``'s ("auto": ``EARLIER_BLOCKS``
-    top-level blocks back, None: skip). Icons: ``steps`` optimisation steps at ``size`` px,
-    ``grid_step`` renders every n-th grid position per axis, ``icons=False`` skips rendering;
-    ``batch``/``precision`` go to `featvis.optvis.render`.
+    top-level blocks back, None: skip). Icons: ``steps`` optimisation steps at ``size`` px;
+    ``grid_step`` n renders every n-th grid position per axis (from n // 2, icons n units wide);
+    ``icons=False`` skips rendering; ``batch``/``precision`` go to `featvis.optvis.render`.
     """
     model = as_model(model)
     x = model_input(model, image)
@@ -210,7 +211,8 @@ def _groups(layer: str, acts: torch.Tensor, k: int, seed: int) -> Groups:
         raise FeatvisError(f"'{layer}' has negative activations, which NMF cannot factor; use a layer after its ReLU "
                            "(e.g. mixed4d, not mixed4d_pre_relu)")
     result = nmf(acts.reshape(c, h * w).T, k, seed=seed)
-    return Groups(layer, result.W.T.reshape(k, h, w), result.H, result)
+    norms = result.H.norm(dim=1).clamp_min(1e-12)
+    return Groups(layer, (result.W * norms).T.reshape(k, h, w), result.H / norms[:, None], result)
 
 
 def _earlier_layer(model: FeatvisModel, x: torch.Tensor, layer: str, earlier: str | None) -> str | None:
@@ -243,7 +245,8 @@ def _render_icons(model: FeatvisModel, result: Explanation, grid_step: int, **op
         for j, vector in enumerate(g.directions):
             objectives.append(_named(direction_neuron(g.layer, vector.float(), cossim_pow=COSSIM_POW), f"group {j} of {g.layer}"))
     _, h, w = result.acts.shape
-    positions = [(y, x) for y in range(0, h, grid_step) for x in range(0, w, grid_step)
+    start = grid_step // 2  # sampled positions centred in the blocks of units their wide icons cover
+    positions = [(y, x) for y in range(start, h, grid_step) for x in range(start, w, grid_step)
                  if float(result.acts[:, y, x].norm()) > 0]
     objectives += [_named(direction_neuron(layer, result.acts[:, y, x], cossim_pow=COSSIM_POW), f"{layer}@{y},{x}")
                    for y, x in positions]

@@ -39,7 +39,8 @@ def nmf(X: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 5000, tol: fl
     """Factor a non-negative matrix ``X`` [n, m] into ``k`` non-negative parts (see the module docstring).
 
     Stops after ``max_iter`` sweeps or when one sweep lowers the squared error by less than
-    ``tol`` of itself (HALS creeps along flat valleys, so the default is strict). Components are ordered by the size of their part of ``X`` (largest first).
+    ``tol`` of itself (HALS creeps along flat valleys, so the default is strict). Components are
+    ordered by the size of their part of ``X`` (largest first).
     """
     X = torch.as_tensor(X).detach().to("cpu", torch.float64)
     if X.dim() != 2:

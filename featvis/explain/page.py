@@ -20,7 +20,7 @@ from ..html import Markup, document, join, tag
 from ..images import png_bytes
 from ..model import FeatvisModel
 from ..receptive_field import receptive_field
-from .blocks import Explanation
+from .blocks import Explanation, Groups
 from .grid import compose_grid
 
 CSS = """
@@ -77,46 +77,49 @@ def groups_figure(model: FeatvisModel, expl: Explanation) -> Figure:
     return fig
 
 
+def _img(png: bytes, alt: str) -> Markup:
+    return tag("img", src=data_uri(png), alt=alt)
+
+
+def _card(image: torch.Tensor | None, *lines: str) -> Markup:
+    """An icon (when rendered) above lines of text."""
+    picture = _img(png_bytes(image), lines[0]) if image is not None else None
+    return tag("div", picture, *[tag("div", line) for line in lines], class_="card")
+
+
 def explanation_page(model: FeatvisModel, expl: Explanation, title: str) -> str:
     """The whole explanation as one HTML page (see the module docstring)."""
-    def img(png: bytes, alt: str) -> Markup:
-        return tag("img", src=data_uri(png), alt=alt)
-
-    def card(image: torch.Tensor | None, *lines: str) -> Markup:
-        picture = img(png_bytes(image), lines[0]) if image is not None else None
-        return tag("div", picture, *[tag("div", line) for line in lines], class_="card")
-
     groups = expl.groups
     icons = groups.icons or [None] * len(groups.maps)
     summary = (f"{expl.model}, layer {expl.layer}: target '{expl.label}' (class {expl.target}, p = {expl.prob:.3f}, "
                f"logit {expl.logit:.3f}). Linear approximation (gradient x activation): total {expl.total:.4f}; "
                f"sum over positions {float(expl.attribution.sum()):.4f}; sum over groups "
                f"{float(groups.attribution.sum()):.4f} (residual of the factorisation {expl.residual:+.4f}).")
-    dictionary = [card(icon, f"channel {c}", f"{v:.2f}")
+    dictionary = [_card(icon, f"channel {c}", f"{v:.2f}")
                   for c, v, icon in zip(expl.channels, expl.values, expl.channel_icons or [None] * len(expl.channels))]
     body = [
         tag("h1", title), tag("p", summary),
-        tag("h2", "Spatial attribution"), tag("div", img(figure_bytes(attribution_figure(model, expl)), "attribution"), class_="wide"),
+        tag("h2", "Spatial attribution"), tag("div", _img(figure_bytes(attribution_figure(model, expl)), "attribution"), class_="wide"),
         tag("h2", f"Semantic dictionary at position {expl.position[0]},{expl.position[1]} (yellow cross)"),
         tag("div", dictionary, class_="row"),
         tag("h2", "Activation grid"),
         tag("p", f"{len(expl.grid_icons)} positions, each icon at its receptive field's centre.", class_="muted"),
-        tag("div", img(png_bytes(grid_image(expl)), "activation grid"), class_="wide") if expl.grid_icons else None,
+        tag("div", _img(png_bytes(grid_image(expl)), "activation grid"), class_="wide") if expl.grid_icons else None,
         tag("h2", f"Neuron groups (NMF, {len(groups.maps)} groups, relative error {groups.nmf.relative_error:.3f})"),
-        tag("div", [card(icon, f"group {j}", f"attribution {float(groups.attribution[j]):+.3f}") for j, icon in enumerate(icons)],
+        tag("div", [_card(icon, f"group {j}", f"attribution {float(groups.attribution[j]):+.3f}") for j, icon in enumerate(icons)],
             class_="row"),
-        tag("div", img(figure_bytes(groups_figure(model, expl)), "group maps"), class_="wide"),
-        _flow_table(expl, img) if expl.earlier is not None else None,
+        tag("div", _img(figure_bytes(groups_figure(model, expl)), "group maps"), class_="wide"),
+        _flow_table(expl) if expl.earlier is not None else None,
     ]
     return document(title, *body, css=CSS)
 
 
-def _flow_table(expl: Explanation, img) -> Markup:
+def _flow_table(expl: Explanation) -> Markup:
     """Rows: the earlier layer's groups; columns: this layer's; cells: attribution (gradient x factored activation)."""
     before, after = expl.earlier, expl.groups
 
-    def head(g, j: int) -> Markup:
-        icon = img(png_bytes(g.icons[j]), f"group {j}") if g.icons else None
+    def head(g: Groups, j: int) -> Markup:
+        icon = _img(png_bytes(g.icons[j]), f"group {j}") if g.icons else None
         return join(icon, f"{g.layer} {j}")
 
     rows = [tag("tr", tag("th", ""), [tag("th", head(after, j)) for j in range(len(after.maps))])]

@@ -21,6 +21,8 @@ Public API (everything a notebook needs):
 - Circuits (Olah et al. 2020): ``expanded_weights(model, source, target)``, ``top_connections(model, unit, source, k)``
   and ``weight_similarity(model, layer)`` (neuron families by their weights).
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
+- Building blocks (Olah et al. 2018): ``explain(model, photo, "mixed4d", target=..., groups=6)`` -> ``Explanation``
+  (semantic dictionary, activation grid at exact RF centres, NMF groups, gradient x activation), ``explanation_page``, ``nmf``.
 """
 
 from . import reference
@@ -41,6 +43,7 @@ from .receptive_field import ReceptiveField, receptive_field, receptive_fields, 
 from .saliency import SaliencyResult, guided_model, saliency
 from .sanity import cascading_randomization, deletion_insertion
 from .circuits import expanded_weights, top_connections, weight_similarity
+from .explain import Explanation, explain, explanation_page, nmf
 
 __version__ = "0.1.0"
 
@@ -83,4 +86,8 @@ __all__ = [
     "expanded_weights",
     "top_connections",
     "weight_similarity",
+    "Explanation",
+    "explain",
+    "explanation_page",
+    "nmf",
 ]

@@ -18,6 +18,8 @@ Public API (everything a notebook needs):
   ``"mixed4a:97"`` (``parse_spec``) or ``objectives`` combined with + - *; ``natural_max``.
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
   faster), float32 elsewhere; reported activations are float32 measurements.
+- Dataset examples: ``dataset_examples(model, images, layers, out, k=9)`` -> ``ExamplesResult`` (each channel's
+  top images over a collection of any size, streamed, resumable, shardable; ``merge_examples(out)`` joins shards).
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 """
 
@@ -38,6 +40,7 @@ from .effective_rf import effective_receptive_field
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
 from .saliency import SaliencyResult, guided_model, saliency
 from .sanity import cascading_randomization, deletion_insertion
+from .examples import ExamplesResult, dataset_examples, merge_examples
 
 __version__ = "0.1.0"
 
@@ -55,6 +58,9 @@ __all__ = [
     "cascading_randomization",
     "check_gradients",
     "deletion_insertion",
+    "dataset_examples",
+    "ExamplesResult",
+    "merge_examples",
     "effective_receptive_field",
     "feature_map_grid",
     "feature_map_overlay",

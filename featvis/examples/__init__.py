@@ -7,6 +7,7 @@ kill, shardable (``shard=(i, N)`` or torchrun's RANK/WORLD_SIZE), merged by ``me
 The same streaming pass (featvis.examples.stream) feeds the activation atlas.
 """
 
+from .collection import sample_collection
 from .engine import ExamplesResult, dataset_examples, merge_examples
 
-__all__ = ["ExamplesResult", "dataset_examples", "merge_examples"]
+__all__ = ["ExamplesResult", "dataset_examples", "merge_examples", "sample_collection"]

@@ -85,6 +85,8 @@ def stream(paths: Sequence[str], indices: Sequence[int], size: int, forward: Cal
             warnings.warn(f"ignoring checkpoint {checkpoint} ({exc}); starting this shard over", stacklevel=2)
             position, report.read, report.skipped = 0, 0, []
     report.resumed_at = position
+    if position and progress:
+        print(f"featvis: resuming {desc} at image {position} of {len(indices)} from {checkpoint}", file=sys.stderr)
     device = torch.device(device)
     pad = torch.zeros(batch, 3, size, size, device=device)
     start = last_save = time.perf_counter()

@@ -8,6 +8,6 @@ The same streaming pass (featvis.examples.stream) feeds the activation atlas.
 """
 
 from .collection import sample_collection
-from .engine import ExamplesResult, dataset_examples, merge_examples
+from .engine import ExamplesResult, dataset_examples, merge_examples, photo_examples
 
-__all__ = ["ExamplesResult", "dataset_examples", "merge_examples", "sample_collection"]
+__all__ = ["ExamplesResult", "dataset_examples", "merge_examples", "photo_examples", "sample_collection"]

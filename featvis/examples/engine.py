@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -95,7 +96,7 @@ def dataset_examples(
     layers: str | Sequence[str],
     out: str | os.PathLike,
     *,
-    channels: str | None = None,
+    channels: str | dict[str, str] | None = None,
     k: int = 9,
     batch: int = 32,
     workers: int = 2,
@@ -108,7 +109,7 @@ def dataset_examples(
     """Each channel's ``k`` top images in ``images`` (a folder, searched recursively, or a text file of paths).
 
     ``layers``: names or aliases (``"mixed4c,mixed4a_pre_relu"``); ``channels``: e.g. ``"0:16"`` (all by
-    default); ``negative``: also the ``k`` most negative. Results go to ``out`` (see
+    default), or a selection per layer name; ``full``: also each example's whole image with the box drawn; ``negative``: also the ``k`` most negative. Results go to ``out`` (see
     featvis.examples.results); ``shard=(i, N)`` (default torchrun's RANK/WORLD_SIZE) processes every
     N-th image, and the shard finishing last merges. Resumes from the checkpoint after a kill.
     """
@@ -176,3 +177,21 @@ def _finished(path: Path, digest: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return doc if doc.get("job") == digest else None
+
+
+def photo_examples(model: FeatvisModel, images: str | os.PathLike, out: Path, channels: dict[str, Sequence[int]], k: int,
+                   progress: bool) -> ExamplesResult:
+    """The examples a gallery shows: ``channels`` per layer name, whole images with boxes, each entry named by
+    its path under ``images``; unreadable photos are skipped with a warning. ``summary["photos_digest"]``
+    identifies the collection."""
+    result = dataset_examples(model, images, list(channels), out, k=k, full=True, shard=(0, 1), progress=progress,
+                              channels={name: ",".join(map(str, chosen)) for name, chosen in channels.items()})
+    for skipped in result.summary["skipped"]:
+        warnings.warn(f"skipping photo: {skipped['error']}", stacklevel=2)
+    base = Path(images) if Path(images).is_dir() else None
+    for per_channel in result.summary["layers"].values():
+        for entries in per_channel.values():
+            for entry in entries:
+                entry["name"] = str(Path(entry["path"]).relative_to(base)) if base else entry["path"]
+    result.summary["photos_digest"] = images_digest(list_images(images))
+    return result

@@ -43,8 +43,9 @@ class PassLayer:
 
 
 @torch.no_grad()
-def resolve_pass_layers(model: FeatvisModel, names: Sequence[str], channels: str | None) -> list[PassLayer]:
-    """Check every layer (one blank forward pass measures shapes), parse ``channels`` for each, find receptive fields."""
+def resolve_pass_layers(model: FeatvisModel, names: Sequence[str], channels: str | dict[str, str] | None) -> list[PassLayer]:
+    """Check every layer (one blank forward pass measures shapes), parse ``channels`` (one selection for all,
+    or one per layer name) for each, find receptive fields."""
     parts = {name: model.parts(name) for name in names}
     outputs = capture(model, torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device), list(names))
     layers: list[PassLayer] = []
@@ -54,7 +55,8 @@ def resolve_pass_layers(model: FeatvisModel, names: Sequence[str], channels: str
         shape = tuple(outputs[name].shape[1:])
         if len(shape) not in (1, 3):
             raise FeatvisError(f"layer '{name}' outputs shape {list(shape)}; choose a layer with channels ([C] or [C, H, W])")
-        chosen = parse_channels(channels, Layer(name, "+".join(parts[name]), (), shape[0], shape, 0))
+        selection = channels.get(name) if isinstance(channels, dict) else channels
+        chosen = parse_channels(selection, Layer(name, "+".join(parts[name]), (), shape[0], shape, 0))
         fields: tuple[ReceptiveField, ...] = ()
         if len(shape) == 3:
             try:

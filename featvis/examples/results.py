@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 
 from ..errors import FeatvisError
-from ..fileio import atomic_write_text
-from ..images import save_image
+from ..fileio import atomic_write_bytes
+from ..images import png_bytes
 from .source import box_in_file, loader
 
 FORMAT = "featvis-examples-shard"
@@ -121,11 +121,11 @@ def write_final(out: Path, doc: dict, *, workers: int = 0, progress: bool = Fals
                 for layer_slug, channel, rank, entry in wanted[paths[index]]:
                     stem = f"{layer_slug}/{channel}/{'n' if entry['kind'] == 'negative' else ''}{rank}"
                     y0, x0, y1, x1 = entry["box"]
-                    save_image(image[:, y0:y1, x0:x1], out / f"{stem}.png")
+                    _write(out / f"{stem}.png", png_bytes(image[:, y0:y1, x0:x1]))
                     entry["crop"] = f"{stem}.png"
                     entry["box_in_file"] = box_in_file(entry["box"], hw, size)
                     if full:
-                        save_image(draw_box(image, entry["box"]), out / f"{stem}-full.png")
+                        _write(out / f"{stem}-full.png", png_bytes(draw_box(image, entry["box"])))
                         entry["full"] = f"{stem}-full.png"
             bar.update(len(batch.indices) + len(batch.errors))
     for entries in wanted.values():
@@ -138,9 +138,19 @@ def write_final(out: Path, doc: dict, *, workers: int = 0, progress: bool = Fals
                  "channels": info["positive"]}
         if "negative" in info:
             layer["negative"] = info["negative"]
-        atomic_write_text(out / f"{info['slug']}.json", json.dumps(layer, indent=1) + "\n")
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
+        _write(out / f"{info['slug']}.json", (json.dumps(layer, indent=1) + "\n").encode())
+    _write(out / SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
     return summary
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write atomically, and only when the content changes (a rerun leaves finished files untouched)."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
 
 
 def summary_of(doc: dict) -> dict:

@@ -208,3 +208,28 @@ def test_bad_input_one_line_exit_2(collection, tmp_path, capsys):
     assert not list((tmp_path / "out").rglob("*.json")) and not list((tmp_path / "out").rglob("*.ckpt"))
     code, _, err = run_cli(capsys, "examples", "--merge", str(tmp_path / "out"))
     assert code == 2 and "no shard results" in err
+
+
+# --- the gallery shows these examples ---------------------------------------------------------------
+def test_gallery_patches_link_to_their_whole_photo_with_the_box(collection, tmp_path):
+    from featvis.gallery import make_gallery
+
+    model = slow_cnn()
+    out = tmp_path / "g"
+    with pytest.warns(UserWarning, match="skipping photo"):
+        make_gallery(model, "conv2", out, channels="0:2", steps=2, size=32, images=collection, patches=2,
+                     filters=False, progress=False)
+    for channel in range(2):
+        patches = read(out / "layers" / "conv2" / f"{channel}.json")["patches"]
+        assert len(patches) == 2
+        page = (out / "layers" / "conv2" / f"{channel}.html").read_text()
+        for patch in patches:
+            crop_link, full_link = (Path(patch[key]).relative_to("layers/conv2") for key in ("image", "full"))
+            assert f'<a href="{full_link}"><img src="{crop_link}"' in page
+            prepared = model.prepare(featvis.load_image(collection / patch["photo"]))[0]
+            full = np.asarray(Image.open(out / patch["full"]), dtype=float) / 255
+            y0, x0, y1, x1 = patch["box"]
+            assert np.allclose(full[y0, x0:x1], [1.0, 0.1, 0.1], atol=1 / 255)  # the box's top edge, drawn in red
+            outside = np.ones(full.shape[:2], bool)
+            outside[y0:y1, x0:x1] = False
+            assert np.abs(full[outside] - prepared.permute(1, 2, 0).numpy()[outside]).max() <= 0.5 / 255 + 1e-6

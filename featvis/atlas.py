@@ -84,9 +84,14 @@ def _forward(model: FeatvisModel, layer: str, target: int | None):
     """Forward to the logits, keeping ``layer``'s output; with ``target``, its attribution map to that logit."""
     module = model.module(layer)
 
+    def keep(kept: dict, out: torch.Tensor) -> torch.Tensor:
+        # with a target, the rest of the network runs on a leaf copy, so its gradient is d logit / d act
+        kept["act"] = out.detach().requires_grad_() if target is not None else out
+        return kept["act"]
+
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
         kept: dict[str, torch.Tensor] = {}
-        handle = module.register_forward_hook(lambda _m, _i, out: kept.setdefault("act", out))
+        handle = module.register_forward_hook(lambda _m, _i, out: keep(kept, out) if "act" not in kept else None)
         try:
             with torch.set_grad_enabled(target is not None):
                 logits = model(x)

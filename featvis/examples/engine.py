@@ -84,7 +84,8 @@ class ExamplesResult:
     summary: dict
     shard: tuple[int, int]
     merged: bool
-    resumed_at: int = 0
+    resumed_at: int = 0  # images of this shard done before this run (from a checkpoint)
+    pass_seconds: float = 0.0  # the streaming pass of this run, without crops and JSON
 
     def to_json(self) -> dict:
         return self.summary if self.merged else {**self.summary, "shard": f"{self.shard[0]}/{self.shard[1]}", "merged": False}
@@ -129,7 +130,7 @@ def dataset_examples(
     digest = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
     result_path = shard_file(root, (index, count))
     doc = _finished(result_path, digest)
-    resumed_at = 0
+    resumed_at, seconds = 0, 0.0
     if doc is None:
         consumer = ExamplesConsumer(chosen, k, negative)
         checkpoint = result_path.with_suffix(".ckpt")
@@ -138,7 +139,7 @@ def dataset_examples(
             report = stream(paths, range(index, len(paths), count), fmodel.input_size, probe, consumer, batch=batch,
                             workers=workers, device=fmodel.mean.device, checkpoint=checkpoint,
                             digest=f"{digest}:{index}/{count}", checkpoint_every=checkpoint_every, progress=progress)
-        resumed_at = report.resumed_at
+        resumed_at, seconds = report.resumed_at, report.seconds
         doc = {"format": FORMAT, "job": digest, "shard": [index, count], "model": fmodel.name, "k": k,
                "negative": negative, "full": full, "input_size": fmodel.input_size, "images": report.read,
                "skipped": [{"path": p, "error": e} for p, e in report.skipped],
@@ -152,9 +153,9 @@ def dataset_examples(
     try:
         docs = read_shards(root, digest, count)
     except FeatvisError:
-        return ExamplesResult(root, summary_of(doc), (index, count), False, resumed_at)
+        return ExamplesResult(root, summary_of(doc), (index, count), False, resumed_at, seconds)
     return ExamplesResult(root, write_final(root, merge_docs(docs), workers=workers, progress=progress), (index, count),
-                          True, resumed_at)
+                          True, resumed_at, seconds)
 
 
 def merge_examples(out: str | os.PathLike, *, workers: int = 2, progress: bool = True) -> ExamplesResult:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import featvis
-from featvis.examples import dataset_examples, merge_examples, sample_collection
+from featvis.examples import dataset_examples, sample_collection
 from featvis.examples.topk import TopK
 from examples_models import SLEEP_ENV, slow_cnn
 from test_gallery import featvis_process, finish, run_cli
@@ -138,14 +138,15 @@ def reference(collection, tmp_path_factory) -> Path:
     return out
 
 
-def test_two_shard_processes_merged_equal_one_process(collection, reference, tmp_path):
+def test_two_shard_processes_merged_equal_one_process(collection, reference, tmp_path, capsys):
     shards = [featvis_process("examples", SLOW, "--images", str(collection), "--out", str(tmp_path), "--workers", "1",
                               "--shard", f"{i}/2", *ARGS) for i in range(2)]
     for shard in shards:
         code, _, err = finish(shard)
         assert code == 0, err
-    merged = merge_examples(tmp_path, workers=0, progress=False)
-    assert merged.summary == read(reference / "examples.json")
+    code, stdout, err = run_cli(capsys, "examples", "--merge", str(tmp_path), "--json", "--quiet", "--workers", "0")
+    assert code == 0, err
+    assert json.loads(stdout) == read(reference / "examples.json")
     assert read(tmp_path / "examples.json") == read(reference / "examples.json")
     assert crops_of(tmp_path) == crops_of(reference)
 

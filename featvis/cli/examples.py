@@ -44,6 +44,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..examples import dataset_examples, merge_examples
+    from ..examples.engine import MAX_K
     from ..examples.source import list_images
     from ..fileio import ensure_writable_dir
     from ..gallery import parse_shard
@@ -59,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise FeatvisError(f"missing {', '.join(missing)}; run `featvis examples MODEL --images SOURCE --layers L1,L2 "
                                "--out DIR`")
-        if not 1 <= args.k <= 1000:
-            raise FeatvisError(f"--k must be between 1 and 1000, got {args.k}")
+        if not 1 <= args.k <= MAX_K:  # before loading the model
+            raise FeatvisError(f"--k must be between 1 and {MAX_K}, got {args.k}")
         shard = parse_shard(args.shard) if args.shard else None
         ensure_writable_dir(args.out)  # fail before loading the model
         list_images(args.images)

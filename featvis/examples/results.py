@@ -121,11 +121,11 @@ def write_final(out: Path, doc: dict, *, workers: int = 0, progress: bool = Fals
                 for layer_slug, channel, rank, entry in wanted[paths[index]]:
                     stem = f"{layer_slug}/{channel}/{'n' if entry['kind'] == 'negative' else ''}{rank}"
                     y0, x0, y1, x1 = entry["box"]
-                    _write(out / f"{stem}.png", png_bytes(image[:, y0:y1, x0:x1]))
+                    _write(out / f"{stem}.png", png_bytes(image[:, y0:y1, x0:x1], fast=True))
                     entry["crop"] = f"{stem}.png"
                     entry["box_in_file"] = box_in_file(entry["box"], hw, size)
                     if full:
-                        _write(out / f"{stem}-full.png", png_bytes(draw_box(image, entry["box"])))
+                        _write(out / f"{stem}-full.png", png_bytes(draw_box(image, entry["box"]), fast=True))
                         entry["full"] = f"{stem}-full.png"
             bar.update(len(batch.indices) + len(batch.errors))
     for entries in wanted.values():

@@ -19,7 +19,8 @@ Public API (everything a notebook needs):
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
   faster), float32 elsewhere; reported activations are float32 measurements.
 - Dataset examples: ``dataset_examples(model, images, layers, out, k=9)`` -> ``ExamplesResult`` (each channel's
-  top images over a collection of any size, streamed, resumable, shardable; ``merge_examples(out)`` joins shards).
+  top images over a collection of any size, streamed, resumable, shardable; ``merge_examples(out)`` joins shards);
+  ``activation_atlas(model, images, layer, "atlas.png")`` (Carter et al. 2019; needs ``featvis[atlas]``).
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 """
 
@@ -41,6 +42,7 @@ from .receptive_field import ReceptiveField, receptive_field, receptive_fields, 
 from .saliency import SaliencyResult, guided_model, saliency
 from .sanity import cascading_randomization, deletion_insertion
 from .examples import ExamplesResult, dataset_examples, merge_examples
+from .atlas import Atlas, activation_atlas
 
 __version__ = "0.1.0"
 
@@ -61,6 +63,8 @@ __all__ = [
     "dataset_examples",
     "ExamplesResult",
     "merge_examples",
+    "activation_atlas",
+    "Atlas",
     "effective_receptive_field",
     "feature_map_grid",
     "feature_map_overlay",

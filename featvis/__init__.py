@@ -20,6 +20,9 @@ Public API (everything a notebook needs):
   faster), float32 elsewhere; reported activations are float32 measurements.
 - Circuits (Olah et al. 2020): ``expanded_weights(model, source, target)``, ``top_connections(model, unit, source, k)``
   and ``weight_similarity(model, layer)`` (neuron families by their weights).
+- Dataset examples: ``dataset_examples(model, images, layers, out, k=9)`` -> ``ExamplesResult`` (each channel's
+  top images over a collection of any size, streamed, resumable, shardable; ``merge_examples(out)`` joins shards);
+  ``activation_atlas(model, images, layer, "atlas.png")`` (Carter et al. 2019; needs ``featvis[atlas]``).
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 - Building blocks (Olah et al. 2018): ``explain(model, photo, "mixed4d", target=..., groups=6)`` -> ``Explanation``
   (semantic dictionary, activation grid at exact RF centres, NMF groups, gradient x activation), ``explanation_page``, ``nmf``.
@@ -44,6 +47,8 @@ from .saliency import SaliencyResult, guided_model, saliency
 from .sanity import cascading_randomization, deletion_insertion
 from .circuits import expanded_weights, top_connections, weight_similarity
 from .explain import Explanation, explain, explanation_page, nmf
+from .examples import ExamplesResult, dataset_examples, merge_examples
+from .atlas import Atlas, activation_atlas
 
 __version__ = "0.1.0"
 
@@ -61,6 +66,11 @@ __all__ = [
     "cascading_randomization",
     "check_gradients",
     "deletion_insertion",
+    "dataset_examples",
+    "ExamplesResult",
+    "merge_examples",
+    "activation_atlas",
+    "Atlas",
     "effective_receptive_field",
     "feature_map_grid",
     "feature_map_overlay",

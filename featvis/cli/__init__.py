@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..errors import FeatvisError
 
-COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain"]
+COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain", "examples", "atlas"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import FeatvisError
 from ..fileio import ensure_writable_dir
 from ..filters import filter_images
-from ..images import save_image
+from ..images import load_image, save_image
 from ..model import FeatvisModel, as_model
 from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
 from ..optvis.objectives import INPUT
@@ -34,9 +34,11 @@ from ..probe import capture
 from . import manifest as mf
 from .circuits import CircuitPlanner
 from .manifest import Key, Record, ShardManifest
-from .patches import LayerPeaks, layer_peaks, photos_digest, read_photos, top_patches
 from .plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
 from .site import build_site
+
+if TYPE_CHECKING:
+    from ..examples import ExamplesResult
 
 DEFAULT_BATCH = 8  # channels per unit of work: one render call, one manifest update
 DEFAULT_PATCHES = 8
@@ -85,10 +87,10 @@ class GalleryJob:
     """One process's share of a gallery (see module docstring)."""
 
     def __init__(self, model: FeatvisModel, root: Path, units: list[Unit], shard: tuple[int, int], settings: dict,
-                 batch: int, photos: list | None, patches: int, negative: bool, diversity: int, filters: bool,
-                 progress: bool, circuits: CircuitPlanner | None = None):
+                 batch: int, examples: ExamplesResult | None, patches: int, negative: bool, diversity: int,
+                 filters: bool, progress: bool, circuits: CircuitPlanner | None = None):
         self.model, self.root, self.units, self.shard = model, root, units, shard
-        self.settings, self.batch, self.photos, self.patches = settings, batch, photos, patches
+        self.settings, self.batch, self.examples, self.patches = settings, batch, examples, patches
         self.negative, self.diversity, self.filters, self.progress = negative, diversity, filters, progress
         self.circuits = circuits
         self.meta = {"name": model.name, "fingerprint": settings["model"]}
@@ -97,7 +99,6 @@ class GalleryJob:
         self.done = mf.merged_records(root, manifests)
         self.manifest = ShardManifest(root, shard[0], shard[1], self.meta, manifests)
         self.report = GalleryReport(root, root / "index.html", shard, len(units))
-        self._peaks: dict[str, LayerPeaks] = {}
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -227,26 +228,30 @@ class GalleryJob:
         return records
 
     def make_patches(self, unit: Unit) -> list[Record]:
-        """Top photo patches of the unit's channels (one pass over the photos per layer and process)."""
-        if self.photos is None:
+        """Top photo patches of the unit's channels, from the dataset-examples pass over the photos
+        (featvis.examples): each the receptive field of the channel's strongest unit in one photo,
+        with that whole photo (as the model sees it) and the box drawn."""
+        if self.examples is None:
             return []
-        digest = photos_digest(self.photos)
+        examples = self.examples.summary
+        digest = examples["photos_digest"]
         records = []
         for c in unit.channels:
             settings = mf.canonical({"model": self.settings["model"], "layer": unit.layer.path, "channel": c,
                                      "kind": "patches", "photos": digest, "patches": self.patches})
             if not self.todo(unit.layer, c, "patches", settings):
                 continue
-            if unit.layer.path not in self._peaks:
-                self._peaks[unit.layer.path] = layer_peaks(self.model, unit.layer, self.photos)
             files, entries = {}, []
-            for k, patch in enumerate(top_patches(self.photos, self._peaks[unit.layer.path], c, self.patches)):
-                rel, sha = self.save(unit.layer, f"{c}-patch{k}", settings, patch.image)
-                files[rel] = sha
-                entries.append({"photo": patch.photo, "box": list(patch.box), "activation": patch.activation,
-                                "unit": list(patch.unit) if patch.unit else None, "image": rel})
+            for k, example in enumerate(examples["layers"][unit.layer.name][str(c)]):
+                if example["crop"] is None:
+                    continue  # the photo became unreadable after the pass
+                crop, sha = self.save(unit.layer, f"{c}-patch{k}", settings, load_image(self.examples.out / example["crop"]))
+                full, full_sha = self.save(unit.layer, f"{c}-photo{k}", settings, load_image(self.examples.out / example["full"]))
+                files.update({crop: sha, full: full_sha})
+                entries.append({"photo": example["name"], "box": example["box"], "activation": example["activation"],
+                                "unit": example["unit"], "image": crop, "full": full})
             records.append(self.record(unit.layer, c, "patches", settings, files, {
-                "photos": {"count": len(self.photos), "digest": digest}, "patches": entries}))
+                "photos": {"count": examples["images"], "digest": digest}, "patches": entries}))
         return records
 
     def make_circuits(self, unit: Unit) -> list[Record]:
@@ -315,13 +320,21 @@ def make_gallery(
     batch = int(batch or DEFAULT_BATCH)
     index, count = shard if shard is not None else shard_from_env()
     units = shard_units(plan_units(chosen, selections, batch), index, count)
-    photos = read_photos(images, fmodel) if images is not None else None
+    examples = None
+    if images is not None:
+        from ..examples import photo_examples  # featvis.examples uses the gallery's shard and layer helpers
+
+        mine: dict[str, list[int]] = {}
+        for unit in units:
+            mine.setdefault(unit.layer.name, []).extend(unit.channels)
+        examples = photo_examples(fmodel, images, root / "examples" / f"{index}-of-{count}", mine, int(patches),
+                                  progress) if mine else None
     # what an image depends on; not the batch: the engine gives each image its own random draws
     settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
                 "precision": str(compute_dtype(precision, fmodel)).removeprefix("torch.")}
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if progress else (lambda message: None)
     planner = CircuitPlanner(fmodel, chosen, int(circuits), log) if circuits else None
-    job = GalleryJob(fmodel, root, units, (index, count), settings, batch, photos, int(patches), negative,
+    job = GalleryJob(fmodel, root, units, (index, count), settings, batch, examples, int(patches), negative,
                      int(diversity), filters, progress, planner)
     return job.run()
 

@@ -239,8 +239,9 @@ class Site:
         if data["patches"]:
             sections.append(tag("h2", "Top photo patches"))
             sections.append(tag("p", "Where this channel fires most in the photos: each patch is the receptive field "
-                                     "of the strongest unit (clipped to the photo as the model sees it).", class_="muted"))
-            sections.append(tag("div", [tag("figure", tag("img", src=self.link(page, p["image"]), alt=f"patch of {p['photo']}"),
+                                     "of the strongest unit (clipped to the photo as the model sees it); click a patch "
+                                     "for the whole photo with the box drawn.", class_="muted"))
+            sections.append(tag("div", [tag("figure", self._patch(page, p),
                                             tag("figcaption", p["photo"], tag("br"),
                                                 f"box y {p['box'][0]}:{p['box'][2]}, x {p['box'][1]}:{p['box'][3]}",
                                                 tag("br"), f"activation {_number(p['activation'], '.3g')}"),
@@ -249,6 +250,12 @@ class Site:
             sections.extend(circuit_sections(data["circuits"], lambda layer, c: self._linked_thumb(page, layer, c)))
         crumbs = [("index", "index.html"), (info["name"], self.layer_page(info))]
         return self._page(page, f"{info['name']} {channel} — featvis gallery", crumbs, f"channel {channel}", *sections)
+
+
+    def _patch(self, page: str, patch: dict) -> Markup:
+        """A patch's crop, linked to its whole photo with the box drawn (when the record has one)."""
+        image = tag("img", src=self.link(page, patch["image"]), alt=f"patch of {patch['photo']}")
+        return tag("a", image, href=self.link(page, patch["full"])) if patch.get("full") else image
 
 
 _LINK = re.compile(r'\s(?:href|src)="([^"]*)"')

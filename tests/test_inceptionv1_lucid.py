@@ -7,8 +7,6 @@ import importlib
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import torch.nn.functional as F
 from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1 as LucentInceptionV1
 
 import featvis
+from featvis.cli import main
 from featvis.labels import imagenet_synsets
 from featvis.models.inceptionv1_lucid import InceptionV1Lucid, SamePad
 from featvis.weights import WEIGHTS_ENV
@@ -165,20 +164,16 @@ def test_labels_are_the_imagenet_classes_after_a_dummy():
     assert len(matched) == 1000  # every ImageNet class is among the 1000 labels
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "featvis", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-
-
-def test_cli_layers_need_no_weights_and_a_missing_file_is_one_line(tmp_path):
-    done = _cli("layers", "inceptionv1_lucid", "--json")
-    assert done.returncode == 0, done.stderr
-    layers = {row["name"]: row for row in json.loads(done.stdout)}
+def test_cli_layers_need_no_weights_and_a_missing_file_is_one_line(tmp_path, capsys, monkeypatch):
+    assert main(["layers", "inceptionv1_lucid", "--json"]) == 0
+    layers = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert layers["mixed4a"]["output_shape"][0] == 508 and "mixed4a_3x3_bottleneck" in layers["mixed4a.branch2.0"]["aliases"]
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    monkeypatch.setenv("FEATVIS_CACHE_DIR", str(tmp_path))
     featvis.save_image(torch.rand(3, 32, 32), tmp_path / "x.png")
-    done = _cli("classify", "inceptionv1_lucid", str(tmp_path / "x.png"), env={WEIGHTS_ENV: str(tmp_path),
-                                                                              "FEATVIS_CACHE_DIR": str(tmp_path)})
-    assert done.returncode == 2 and "inception5h.pth not found" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert main(["classify", "inceptionv1_lucid", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "inception5h.pth not found" in err and "no published SHA-256" in err and len(err.strip().splitlines()) == 1
 
 
 def test_real_inception5h_weights_classify_the_coffee_photo(coffee):

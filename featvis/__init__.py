@@ -18,6 +18,9 @@ Public API (everything a notebook needs):
   ``"mixed4a:97"`` (``parse_spec``) or ``objectives`` combined with + - *; ``natural_max``.
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
   faster), float32 elsewhere; reported activations are float32 measurements.
+- Deeper networks: ``render(..., param="maco")`` (MACO, transparency in ``RenderResult.alpha``),
+  ``render(..., accentuate=photo)`` (feature accentuation), ``plausibility(model, images)``;
+  models ``inceptionv1_lucid`` (Lucid's InceptionV1, needs ``inception5h.pth``) and ``efficientnet_lite2``.
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 """
 
@@ -33,6 +36,7 @@ from .model import FeatvisModel, as_model
 from .models import load_model
 from . import optvis
 from .optvis import Objective, RenderResult, natural_max, objectives, parse_spec, render
+from .optvis import plausibility
 from .probe import Probe, capture
 from .effective_rf import effective_receptive_field
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
@@ -68,6 +72,7 @@ __all__ = [
     "objectives",
     "optvis",
     "parse_spec",
+    "plausibility",
     "receptive_field",
     "receptive_fields",
     "reference",

@@ -111,9 +111,13 @@ class FourierImage(ImageParam):
         self.spectrum.copy_(torch.view_as_real(torch.fft.rfft2(raw * 4.0, norm="ortho")) / self.scale)
 
 
-from .maco import MacoImage  # noqa: E402  (MACO builds on ImageParam, above)
+PARAMS = ("fft", "pixel", "maco")
 
-PARAMS = {"fft": FourierImage, "pixel": PixelImage, "maco": MacoImage}
+
+def _param_class(kind: str) -> type[ImageParam]:
+    from .maco import MacoImage  # MACO builds on ImageParam and on the natural photos: imported when asked for
+
+    return {"fft": FourierImage, "pixel": PixelImage, "maco": MacoImage}[kind]
 
 
 def make_param(kind: str, generators: Sequence[torch.Generator], size: int, *, decorrelate: bool = True,
@@ -121,7 +125,7 @@ def make_param(kind: str, generators: Sequence[torch.Generator], size: int, *, d
     """Build the ``kind`` ("fft", "pixel" or "maco") parameterisation, from noise or from ``init`` images."""
     if kind not in PARAMS:
         raise FeatvisError(f"unknown parameterisation '{kind}'; use one of {', '.join(PARAMS)}")
-    param = PARAMS[kind](generators, size, decorrelate=decorrelate, valid=valid)
+    param = _param_class(kind)(generators, size, decorrelate=decorrelate, valid=valid)
     if init is not None:
         param.set_images(init.expand(len(generators), -1, -1, -1))
     return param

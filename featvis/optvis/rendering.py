@@ -105,8 +105,8 @@ def render(
 
     ``size``: side of the optimised image; the model sees it resized to max(size, input size).
     ``batch``: images per optimisation (default 16; a multi-image objective is never split).
-    ``param``: "fft", "pixel" or "maco" (phase only, with a transparency map); ``decorrelate``: ImageNet colour decorrelation; ``valid``:
-    "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" or a
+    ``param``: "fft", "pixel" or "maco" (phase only, with a transparency map); ``decorrelate``:
+    ImageNet colour decorrelation; ``valid``: "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" or a
     `Transforms`. ``init``: a photo (tensor or path) to start from instead of noise.
     ``thresholds``: steps at which to keep images (0: the start; the last step always).
     ``accentuate``: a photo to accentuate (feature accentuation): start from it and stay within
@@ -293,7 +293,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
     penalty = _batched([(penalties[id(objective)], name) for objective, name in chunk]) if penalties else None
     anchors = [accentuation.layer_for(objective) for objective, _ in chunk] if accentuation else []
     layers = list(dict.fromkeys([layer for objective, _ in chunk for layer in objective.layers if layer != INPUT] + anchors))
-    seed = init.expand(len(generators), -1, -1, -1).to(device) if accentuation else None
+    photos = init.expand(len(generators), -1, -1, -1).to(device) if accentuation else None
     transparency = torch.zeros(len(generators), size, size, device=device) if image_param.has_alpha else None
     kept: dict[int, torch.Tensor] = {}
     done, interrupted = 0, False
@@ -303,6 +303,10 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
         def activations(images: torch.Tensor, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
             acts = probe(x.to(dtype, memory_format=torch.channels_last)) if layers else {}
             return {**{k: v.float() for k, v in acts.items()}, INPUT: images}
+
+        def place(images: torch.Tensor, step: int) -> torch.Tensor:
+            """The model's view of ``images`` at ``step``: transformed (the same draw for an image and its photo)."""
+            return tf.apply(images, thetas[step], scale, transform.fill) if transform else tf.resize(images, scale)
 
         phase = contextlib.ExitStack()  # redirected ReLUs first, then the fused (plain) conv + ReLU pairs
         try:
@@ -315,11 +319,10 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: tqdm
                         phase.close()
                         phase.enter_context(fused_conv_relus(model))
                     images = image_param()
-                    place = (lambda t: tf.apply(t, thetas[step], scale, transform.fill)) if transform else (lambda t: tf.resize(t, scale))
-                    acts = activations(images, place(images), dtype)
+                    acts = activations(images, place(images, step), dtype)
                     if penalty is not None:
                         with torch.no_grad():
-                            acts |= {SEED + k: v for k, v in activations(seed, place(seed), dtype).items() if k != INPUT}
+                            acts |= {SEED + k: v for k, v in activations(photos, place(photos, step), dtype).items() if k != INPUT}
                         loss = -(scores(acts) - penalty(acts)).sum()
                     else:
                         loss = -scores(acts).sum()

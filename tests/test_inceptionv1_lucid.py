@@ -71,7 +71,8 @@ def test_state_dict_layout_is_lucents_and_mixed4a_has_508_channels(lucent_state)
 @pytest.mark.parametrize("size", [224, 256])
 def test_same_outputs_as_lucents_module_on_the_same_state_dict(lucent_state, tmp_path, monkeypatch, size):
     torch.save(lucent_state, tmp_path / "inception5h.pth")
-    model = featvis.load_model("inceptionv1_lucid", weights=tmp_path / "inception5h.pth")  # the published loader path
+    weights = tmp_path / "inception5h.pth" if size == 224 else tmp_path  # a file, or a folder holding it
+    model = featvis.load_model("inceptionv1_lucid", weights=weights)
     lucent = LucentInceptionV1(redirected_ReLU=False).eval()
     lucent.load_state_dict(lucent_state)
     monkeypatch.setattr(importlib.import_module("lucent.modelzoo.inceptionv1.InceptionV1"), "F", _TensorFlowLRN())

@@ -134,3 +134,16 @@ def test_cli_maco_writes_the_alpha_png_and_reports_plausibility(squeezenet, tmp_
     assert rows[0]["alpha"] == str(tmp_path / "fire5_3_alpha.png") and 0 < rows[0]["plausibility"] <= 1
     alpha = featvis.load_image(rows[0]["alpha"])
     assert alpha.shape == featvis.load_image(rows[0]["path"]).shape and float(alpha.max()) == 1.0
+
+
+def test_gallery_renders_with_maco_and_records_it(tmp_path):
+    from featvis.gallery import make_gallery
+
+    model = _small_cnn()
+    make_gallery(model, "3", tmp_path, channels="0:2", steps=3, size=32, param="maco", filters=False, progress=False)
+    data = json.loads((tmp_path / "layers" / "3" / "1.json").read_text())
+    assert data["param"] == "maco" and data["spec"] == "3:1" and -1 <= data["plausibility"] <= 1
+    image = featvis.load_image(tmp_path / data["image"])
+    with torch.no_grad():
+        measured = float(model.net((image[None] - model.mean) / model.std)[0, 1].mean())
+    assert measured == pytest.approx(data["activation"], rel=0.03, abs=2e-3)

@@ -29,6 +29,7 @@ from ..images import save_image
 from ..model import FeatvisModel, as_model
 from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
 from ..optvis.objectives import INPUT
+from ..optvis.param import PARAMS
 from ..optvis.transforms import resize
 from ..probe import capture
 from . import manifest as mf
@@ -156,6 +157,7 @@ class GalleryJob:
         """Render through the engine; a run cut short (Ctrl-C) is never recorded as finished."""
         results = render(self.model, objectives, steps=self.settings["steps"], size=self.settings["size"],
                          batch=self.batch, seed=self.settings["seed"], precision=self.settings["precision"],
+                         param=self.settings.get("param", "fft"),
                          progress=self.progress and sys.stderr.isatty())
         if len(results) != images or any(r.interrupted or r.steps != self.settings["steps"] for r in results):
             raise KeyboardInterrupt
@@ -275,6 +277,7 @@ def make_gallery(
     shard: tuple[int, int] | None = None,
     precision: str = "auto",
     progress: bool = True,
+    param: str = "fft",
 ) -> GalleryReport:
     """Render a gallery of ``layers`` (channels ``channels``, e.g. ``"0:16"``; all by default) into ``out``.
 
@@ -283,13 +286,16 @@ def make_gallery(
     ``out``. ``images`` is a folder of photos for each channel's top ``patches`` patches;
     ``negative`` adds negative visualizations, ``diversity`` (>= 2) a diversity set per channel,
     ``filters`` the first convolution's kernels; ``precision`` as for `render` (the resolved number
-    format is part of each image's settings).
+    format is part of each image's settings). ``param``: the image parameterisation, as for
+    `render` (``"maco"`` to compare with the default ``"fft"``: give each its own ``out``).
     """
     root = ensure_writable_dir(out)
     fmodel = as_model(model)
     for name, value, least in (("steps", steps, 1), ("size", size, 1), ("patches", patches, 1)):
         if int(value) < least:
             raise FeatvisError(f"--{name} must be at least {least}, got {value}")
+    if param not in PARAMS:
+        raise FeatvisError(f"unknown parameterisation '{param}'; use one of {', '.join(PARAMS)}")
     if diversity == 1 or diversity < 0:
         raise FeatvisError(f"--diversity needs at least 2 images (or 0 for none), got {diversity}")
     chosen = resolve_layers(fmodel, parse_layers(layers))
@@ -301,6 +307,7 @@ def make_gallery(
     # what an image depends on; not the batch: the engine gives each image its own random draws
     settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
                 "precision": str(compute_dtype(precision, fmodel)).removeprefix("torch.")}
+    settings |= {"param": param} if param != "fft" else {}  # galleries made before --param keep their settings
     job = GalleryJob(fmodel, root, units, (index, count), settings, batch, photos, int(patches), negative,
                      int(diversity), filters, progress)
     return job.run()

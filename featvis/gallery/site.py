@@ -133,6 +133,7 @@ class Site:
             "layer_path": info["path"],
             "channel": channel,
             **{name: settings.get(name) for name in ("seed", "steps", "size", "precision")},
+            "param": settings.get("param", "fft"),
             **positive.result,
         }
         for kind in ("negative", "diversity"):
@@ -212,7 +213,7 @@ class Site:
                                tag("figcaption", "negative ", tag("code", neg["spec"])), class_="big"))
         sections.append(tag("div", figures, class_="grid"))
         rows = [("spec", data["spec"]), ("seed", data["seed"]), ("steps", data["steps"]), ("size", data["size"]),
-                ("batch", data["batch"]), ("precision", data["precision"]), ("activation reached", _number(data["activation"])),
+                ("batch", data["batch"]), ("precision", data["precision"]), ("parameterisation", data["param"]), ("activation reached", _number(data["activation"])),
                 ("best natural photo", _number(data.get("natural_max"))), ("ratio", _ratio(data.get("ratio"))),
                 ("plausibility", _number(data.get("plausibility"), ".3f"))]
         if data["negative"]:

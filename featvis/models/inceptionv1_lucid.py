@@ -136,7 +136,7 @@ def _lucid_path(bvlc_path: str) -> str:
 #: Lucid's names of branch layers and pre-activations -> module paths (block names are module paths).
 LUCID_ALIASES: dict[str, str] = {
     alias: _lucid_path(path) for alias, path in BVLC_LUCID_ALIASES.items() if alias != _lucid_path(path)
-} | {"softmax2": "softmax2_pre_activation"}
+}
 
 #: Lucid's concat-level pre-activations: relu(``mixed4a_pre_relu``) is ``mixed4a``.
 LUCID_CONCATS: dict[str, tuple[str, ...]] = {

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..errors import FeatvisError
-from .objectives import Objective
+from .objectives import INPUT, Objective
 
 SEED = "seed:"  # prefix of the photo's activations in the ``acts`` rendering passes to objectives
 DEFAULT_DISTANCE = 0.5
@@ -28,15 +28,14 @@ BISECTION_STEPS = 10
 
 @dataclass(frozen=True)
 class Accentuation:
-    """Accentuate ``photo`` ([1, 3, size, size] in [0, 1]) in ``layer`` (None: each objective's own
-    first layer), keeping the relative distance there at most ``distance``."""
+    """Accentuate a photo (rendering's start image) in ``layer`` (None: each objective's own first
+    layer), keeping the relative distance there at most ``distance``."""
 
-    photo: torch.Tensor
     layer: str | None = None
     distance: float = DEFAULT_DISTANCE
 
     def layer_for(self, objective: Objective) -> str:
-        layer = self.layer or (objective.layers[0] if objective.layers else None)
+        layer = self.layer or next((name for name in objective.layers if name != INPUT), None)
         if layer is None or objective.span != 1:
             raise FeatvisError(f"cannot accentuate '{objective.name}': it needs one image and a layer; "
                                "give a unit, channel or class spec, or --accentuate-layer")

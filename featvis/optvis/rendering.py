@@ -140,7 +140,7 @@ def render(
         raise FeatvisError(f"accentuate_distance must be > 0, got {accentuate_distance}")
     transform = tf.resolve(transforms)
     start = _init_image(init if accentuate is None else accentuate, size)
-    accentuation = Accentuation(start, accentuate_layer, accentuate_distance) if accentuate is not None else None
+    accentuation = Accentuation(accentuate_layer, accentuate_distance) if accentuate is not None else None
     if accentuation is not None:
         layer_shapes(model, [accentuation.layer_for(o) for o in objectives], scale)  # unknown layers fail here
     settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,

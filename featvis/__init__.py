@@ -23,6 +23,9 @@ Public API (everything a notebook needs):
 - Dataset examples: ``dataset_examples(model, images, layers, out, k=9)`` -> ``ExamplesResult`` (each channel's
   top images over a collection of any size, streamed, resumable, shardable; ``merge_examples(out)`` joins shards);
   ``activation_atlas(model, images, layer, "atlas.png")`` (Carter et al. 2019; needs ``featvis[atlas]``).
+- Deeper networks: ``render(..., param="maco")`` (MACO, transparency in ``RenderResult.alpha``),
+  ``render(..., accentuate=photo)`` (feature accentuation), ``plausibility(model, images)``;
+  models ``inceptionv1_lucid`` (Lucid's InceptionV1, needs ``inception5h.pth``) and ``efficientnet_lite2``.
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 - Building blocks (Olah et al. 2018): ``explain(model, photo, "mixed4d", target=..., groups=6)`` -> ``Explanation``
   (semantic dictionary, activation grid at exact RF centres, NMF groups, gradient x activation), ``explanation_page``, ``nmf``.
@@ -40,6 +43,7 @@ from .model import FeatvisModel, as_model
 from .models import load_model
 from . import optvis
 from .optvis import Objective, RenderResult, natural_max, objectives, parse_spec, render
+from .optvis import plausibility
 from .probe import Probe, capture
 from .effective_rf import effective_receptive_field
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields, register_rule
@@ -84,6 +88,7 @@ __all__ = [
     "objectives",
     "optvis",
     "parse_spec",
+    "plausibility",
     "receptive_field",
     "receptive_fields",
     "reference",

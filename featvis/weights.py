@@ -213,3 +213,20 @@ def load_caffe_weights(
         torch.save(state, tmp)
     apply_state_dict(net, state, str(folder))
     return str(converted)
+
+
+def find_weights_file(filename: str, explicit: str | os.PathLike | None, source: str) -> Path:
+    """A single-file state dict that featvis cannot download (no published SHA-256 to verify it):
+    ``explicit`` (a file, or a folder holding ``filename``) > ``$FEATVIS_WEIGHTS_DIR/<filename>`` >
+    ``<user cache>/<filename>``, else a one-line
+    error naming ``source`` (where to get it) and these places."""
+    if explicit is not None:
+        return Path(explicit) / filename if Path(explicit).is_dir() else Path(explicit)
+    env = os.environ.get(WEIGHTS_ENV)
+    for candidate in ([Path(env) / filename] if env else []) + [cache_dir() / filename]:
+        if candidate.is_file():
+            return candidate
+    raise FeatvisError(
+        f"{filename} not found: download it from {source} (no published SHA-256, so featvis does not fetch it) "
+        f"and pass --weights FILE, or put it in ${WEIGHTS_ENV} or {cache_dir()}"
+    )

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 import featvis
+from featvis.optvis.plausibility import plausibility
 from featvis.cli import main
 from featvis.gallery import make_gallery, parse_channels, parse_shard, rebuild_index, shard_from_env, slug
 from featvis.gallery.plan import Layer, plan_units, shard_units
@@ -193,6 +194,7 @@ def test_channel_json_numbers_match_an_independent_measurement(gallery):
             assert image.shape == (3, 32, 32)
             mean = float(manual_acts(model, image, layer)[c].mean())
             assert mean == pytest.approx(data["activation"], rel=0.03, abs=2e-3)
+            assert data["plausibility"] == pytest.approx(plausibility(model, image[None])[0], abs=0.02)
             negative = data["negative"]
             assert negative["spec"] == f"-{layer}:{c}"
             neg_image = featvis.load_image(out / negative["image"])

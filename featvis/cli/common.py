@@ -13,7 +13,7 @@ from ..model import FeatvisModel
 from ..models import load_model
 
 MODEL_HELP = (
-    "inceptionv1 | googlenet | squeezenet1_1 | torchvision:NAME | pkg.module:factory | path/to/file.py:factory"
+    "inceptionv1 | inceptionv1_lucid | googlenet | squeezenet1_1 | efficientnet_lite2 | torchvision:NAME | pkg.module:factory | path/to/file.py:factory"
 )
 
 

@@ -34,6 +34,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                         help=f"channels optimised together in one batch (default {DEFAULT_BATCH})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--param", choices=("fft", "pixel", "maco"), default="fft",
+                        help="image parameterisation (default fft; maco to compare, into its own --out)")
     parser.add_argument("--images", metavar="FOLDER", help="your photos: show each channel's top-activating patches")
     parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES,
                         help=f"patches per channel with --images (default {DEFAULT_PATCHES})")
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         report = make_gallery(model, args.layers, args.out, channels=args.channels, steps=args.steps, size=args.size,
                               batch=args.batch, seed=args.seed, images=args.images, patches=args.patches,
                               negative=args.negative, diversity=args.diversity, filters=args.filters, shard=shard,
-                              precision=args.precision, progress=not args.quiet, circuits=args.circuits)
+                              precision=args.precision, progress=not args.quiet, circuits=args.circuits,
+                              param=args.param)
     if args.json:
         print_json(report.to_json())
     else:

@@ -29,6 +29,7 @@ from ..images import load_image, save_image
 from ..model import FeatvisModel, as_model
 from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
 from ..optvis.objectives import INPUT
+from ..optvis.param import PARAMS
 from ..optvis.transforms import resize
 from ..probe import capture
 from . import manifest as mf
@@ -159,6 +160,7 @@ class GalleryJob:
         """Render through the engine; a run cut short (Ctrl-C) is never recorded as finished."""
         results = render(self.model, objectives, steps=self.settings["steps"], size=self.settings["size"],
                          batch=self.batch, seed=self.settings["seed"], precision=self.settings["precision"],
+                         param=self.settings.get("param", "fft"),
                          progress=self.progress and sys.stderr.isatty())
         if len(results) != images or any(r.interrupted or r.steps != self.settings["steps"] for r in results):
             raise KeyboardInterrupt
@@ -201,7 +203,7 @@ class GalleryJob:
             rel, digest = self.save(unit.layer, f"{c}-{kind}", settings, result.image)
             records.append(self.record(unit.layer, c, kind, settings, {rel: digest}, {
                 "spec": result.spec, "activation": result.activation, "natural_max": result.natural_max,
-                "ratio": result.ratio, "image": rel, "batch": self.batch}))
+                "ratio": result.ratio, "plausibility": result.plausibility, "image": rel, "batch": self.batch}))
         return records
 
     def make_diversity(self, unit: Unit) -> list[Record]:
@@ -295,6 +297,7 @@ def make_gallery(
     precision: str = "auto",
     progress: bool = True,
     circuits: int = 0,
+    param: str = "fft",
 ) -> GalleryReport:
     """Render a gallery of ``layers`` (channels ``channels``, e.g. ``"0:16"``; all by default) into ``out``.
 
@@ -304,7 +307,9 @@ def make_gallery(
     ``negative`` adds negative visualizations, ``diversity`` (>= 2) a diversity set per channel,
     ``filters`` the first convolution's kernels; ``precision`` as for `render` (the resolved number
     format is part of each image's settings). ``circuits=k`` lists on each channel page its ``k``
-    strongest inputs and outputs by expanded weight (featvis.gallery.circuits).
+    strongest inputs and outputs by expanded weight (featvis.gallery.circuits). ``param``: the image
+    parameterisation, as for `render` (``"maco"`` to compare with the default ``"fft"``: give each its
+    own ``out``).
     """
     root = ensure_writable_dir(out)
     fmodel = as_model(model)
@@ -313,6 +318,8 @@ def make_gallery(
             raise FeatvisError(f"--{name} must be at least {least}, got {value}")
     if circuits < 0 or circuits > 64:
         raise FeatvisError(f"--circuits takes 1 to 64 connections per side, got {circuits}")
+    if param not in PARAMS:
+        raise FeatvisError(f"unknown parameterisation '{param}'; use one of {', '.join(PARAMS)}")
     if diversity == 1 or diversity < 0:
         raise FeatvisError(f"--diversity needs at least 2 images (or 0 for none), got {diversity}")
     chosen = resolve_layers(fmodel, parse_layers(layers))
@@ -332,6 +339,7 @@ def make_gallery(
     # what an image depends on; not the batch: the engine gives each image its own random draws
     settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
                 "precision": str(compute_dtype(precision, fmodel)).removeprefix("torch.")}
+    settings |= {"param": param} if param != "fft" else {}  # galleries made before --param keep their settings
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if progress else (lambda message: None)
     planner = CircuitPlanner(fmodel, chosen, int(circuits), log) if circuits else None
     job = GalleryJob(fmodel, root, units, (index, count), settings, batch, examples, int(patches), negative,

@@ -137,6 +137,7 @@ class Site:
             "layer_path": info["path"],
             "channel": channel,
             **{name: settings.get(name) for name in ("seed", "steps", "size", "precision")},
+            "param": settings.get("param", "fft"),
             **positive.result,
         }
         for kind in ("negative", "diversity"):
@@ -200,13 +201,14 @@ class Site:
             result = kinds["positive"].result
             cards.append(tag("div", self._thumb(page, info, channel, kinds, ""),
                              tag("div", tag("a", f"#{channel}", href=self.link(page, self.channel_page(info, channel)))),
-                             tag("div", f"{_number(result['activation'], '.3g')} · {_ratio(result.get('ratio'))}",
-                                 class_="muted"), class_="card"))
+                             tag("div", f"{_number(result['activation'], '.3g')} · {_ratio(result.get('ratio'))}"
+                                        f" · {_number(result.get('plausibility'), '.2f')}", class_="muted"), class_="card"))
         shape = "×".join(map(str, info.get("shape", [])))
         return self._page(page, f"{info['name']} — featvis gallery", [("index", "index.html")], info["name"],
                           tag("h1", _layer_title(info)),
                           tag("p", f"{len(cards)} of {info['channels']} channels shown; output shape {shape}. "
-                                   "Under each: activation reached · ratio to the best natural photo.", class_="muted"),
+                                   "Under each: activation reached · ratio to the best natural photo · plausibility "
+                                   "(similarity of its deep features to natural photos', 1 at best).", class_="muted"),
                           tag("div", cards, class_="grid"))
 
     def channel(self, info: dict, channel: int, data: dict, neighbours: tuple[int | None, int | None]) -> str:
@@ -223,8 +225,9 @@ class Site:
                                tag("figcaption", "negative ", tag("code", neg["spec"])), class_="big"))
         sections.append(tag("div", figures, class_="grid"))
         rows = [("spec", data["spec"]), ("seed", data["seed"]), ("steps", data["steps"]), ("size", data["size"]),
-                ("batch", data["batch"]), ("precision", data["precision"]), ("activation reached", _number(data["activation"])),
-                ("best natural photo", _number(data.get("natural_max"))), ("ratio", _ratio(data.get("ratio")))]
+                ("batch", data["batch"]), ("precision", data["precision"]), ("parameterisation", data["param"]), ("activation reached", _number(data["activation"])),
+                ("best natural photo", _number(data.get("natural_max"))), ("ratio", _ratio(data.get("ratio"))),
+                ("plausibility", _number(data.get("plausibility"), ".3f"))]
         if data["negative"]:
             rows.append(("negative: objective reached", _number(data["negative"]["activation"])))
         sections.append(tag("table", [tag("tr", tag("th", k), tag("td", v)) for k, v in rows]))

@@ -18,6 +18,14 @@ Public API (everything a notebook needs):
   ``"mixed4a:97"`` (``parse_spec``) or ``objectives`` combined with + - *; ``natural_max``.
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX (about 2x
   faster), float32 elsewhere; reported activations are float32 measurements.
+- Circuits (Olah et al. 2020): ``expanded_weights(model, source, target)``, ``top_connections(model, unit, source, k)``
+  and ``weight_similarity(model, layer)`` (neuron families by their weights).
+- Dataset examples: ``dataset_examples(model, images, layers, out, k=9)`` -> ``ExamplesResult`` (each channel's
+  top images over a collection of any size, streamed, resumable, shardable; ``merge_examples(out)`` joins shards);
+  ``activation_atlas(model, images, layer, "atlas.png")`` (Carter et al. 2019; needs ``featvis[atlas]``).
+- Deeper networks: ``render(..., param="maco")`` (MACO, transparency in ``RenderResult.alpha``),
+  ``render(..., accentuate=photo)`` (feature accentuation), ``plausibility(model, images)``;
+  models ``inceptionv1_lucid`` (Lucid's InceptionV1, needs ``inception5h.pth``) and ``efficientnet_lite2``.
 - Errors: ``FeatvisError`` — every user-fixable problem, with a one-line message.
 - Modules and functions of one name: ``featvis.saliency`` and ``featvis.receptive_field`` are the
   modules (``featvis.saliency.saliency_figure``), and calling them calls their main function
@@ -31,6 +39,8 @@ Public API (everything a notebook needs):
   give; also uint16, float, grayscale, RGBA) into the [3, H, W] float tensor in [0, 1] the API takes.
 - Results print short: reprs of results show tensor shapes, not their values.
 - Limits: ``check_device`` (refuses devices this machine lacks), ``max_pixels`` (the image size limit, $FEATVIS_MAX_PIXELS).
+- Building blocks (Olah et al. 2018): ``explain(model, photo, "mixed4d", target=..., groups=6)`` -> ``Explanation``
+  (semantic dictionary, activation grid at exact RF centres, NMF groups, gradient x activation), ``explanation_page``, ``nmf``.
 
 ``import featvis`` is light: each name above is imported from its module on first use
 (``_EXPORTS``: name -> module), so the command line starts without torch.
@@ -90,6 +100,19 @@ _EXPORTS: dict[str, str] = {
     "cascading_randomization": "sanity",
     "deletion_insertion": "sanity",
     "sanity_figure": "sanity",
+    "plausibility": "optvis",
+    "expanded_weights": "circuits",
+    "top_connections": "circuits",
+    "weight_similarity": "circuits",
+    "Explanation": "explain",
+    "explain": "explain",
+    "explanation_page": "explain",
+    "nmf": "explain",
+    "ExamplesResult": "examples",
+    "dataset_examples": "examples",
+    "merge_examples": "examples",
+    "Atlas": "atlas",
+    "activation_atlas": "atlas",
 }
 
 
@@ -122,6 +145,11 @@ __all__ = [
     "cascading_randomization",
     "check_gradients",
     "deletion_insertion",
+    "dataset_examples",
+    "ExamplesResult",
+    "merge_examples",
+    "activation_atlas",
+    "Atlas",
     "effective_receptive_field",
     "feature_map_grid",
     "feature_map_overlay",
@@ -135,6 +163,7 @@ __all__ = [
     "objectives",
     "optvis",
     "parse_spec",
+    "plausibility",
     "receptive_field",
     "receptive_fields",
     "reference",
@@ -150,4 +179,17 @@ __all__ = [
     "sanity_figure",
     "check_device",
     "max_pixels",
+    "plausibility",
+    "expanded_weights",
+    "top_connections",
+    "weight_similarity",
+    "Explanation",
+    "explain",
+    "explanation_page",
+    "nmf",
+    "dataset_examples",
+    "ExamplesResult",
+    "merge_examples",
+    "activation_atlas",
+    "Atlas",
 ]

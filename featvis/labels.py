@@ -47,3 +47,16 @@ def label_index(labels: Sequence[str] | None, target: str | int) -> int:
     close = difflib.get_close_matches(wanted, lowered, n=5, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else f"; give a label name or an index 0..{len(labels) - 1}"
     raise FeatvisError(f"unknown class label '{target}'{hint}")
+
+
+@functools.lru_cache(maxsize=1)
+def _inception5h_names() -> tuple[str, ...]:
+    text = resources.files("featvis").joinpath("data/inception5h_labels.txt").read_text("utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def inception5h_labels() -> list[str]:
+    """The 1008 outputs of Lucid's InceptionV1 (inception5h): ``dummy``, the 1000 ImageNet classes in
+    the graph's own order, then ``unused_1001`` ... ``unused_1007`` (source in data/inception5h_labels.txt)."""
+    names = list(_inception5h_names())
+    return names + [f"unused_{i}" for i in range(len(names), 1008)]

@@ -85,15 +85,7 @@ class FeatvisModel(nn.Module):
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         """Resize a photo [3, H, W] (shorter side to 256/224 of the input size) and centre-crop it."""
-        if image.dim() == 3:
-            image = image.unsqueeze(0)
-        size = self.input_size
-        short = round(size * 256 / 224)
-        h, w = image.shape[-2:]
-        new_h, new_w = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
-        image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        return image[..., top : top + size, left : left + size].clamp(0, 1).to(self.mean.device)
+        return prepare_image(image, self.input_size).to(self.mean.device)
 
     # --- layers ----------------------------------------------------------------------------
     def layer_names(self) -> list[str]:
@@ -151,6 +143,23 @@ class FeatvisModel(nn.Module):
         for param in self.parameters():
             param.requires_grad_(False)
         return self
+
+
+def prepare_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """How ``prepare`` maps a ``height`` x ``width`` photo: resized to (new_h, new_w), then cropped at (top, left)."""
+    short = round(size * 256 / 224)
+    h, w = height, width
+    new_h, new_w = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+    return new_h, new_w, (new_h - size) // 2, (new_w - size) // 2
+
+
+def prepare_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``FeatvisModel.prepare`` without a model (on the image's device, e.g. in DataLoader workers): [1, 3, size, size]."""
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    new_h, new_w, top, left = prepare_geometry(*image.shape[-2:], size)
+    image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    return image[..., top : top + size, left : left + size].clamp(0, 1)
 
 
 def as_model(model: nn.Module, **kwargs) -> FeatvisModel:

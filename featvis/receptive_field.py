@@ -45,7 +45,8 @@ from .errors import FeatvisError
 from .failures import forward_failed
 from .model import FeatvisModel, as_model
 
-__all__ = ["Box", "GLOBAL", "POINTWISE", "ReceptiveField", "Window", "receptive_field", "receptive_fields", "register_rule"]
+__all__ = ["Box", "GLOBAL", "POINTWISE", "ReceptiveField", "Window", "receptive_field", "receptive_fields", "register_rule",
+           "relative_field"]
 
 
 # --- public results -----------------------------------------------------------------------------
@@ -827,20 +828,22 @@ class _Tracer(TorchFunctionMode):
                 self.fields[tensor] = state
 
 
-def _trace(model: FeatvisModel, size: tuple[int, int]) -> dict[str, tuple[Any, tuple[int, ...]]]:
+def _trace(model: FeatvisModel, size: tuple[int, int], origin: str | None = None) -> dict[str, tuple[Any, tuple[int, ...]]]:
     """Run the model once on a blank image; the field and output shape of every module that ran.
 
     The run uses shape-only "meta" tensors (no arithmetic, so milliseconds for any model);
-    a model that needs real values (``.item()``, numpy) is run for real instead.
+    a model that needs real values (``.item()``, numpy) is run for real instead. With ``origin``
+    (a module path) fields are measured on that module's output map instead of the image, along
+    the paths through it only, and only modules that finish after it are recorded.
     """
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
             try:
-                return _trace_once(model, size, meta=True)
+                return _trace_once(model, size, meta=True, origin=origin)
             except Exception:  # noqa: BLE001 - any failure on meta tensors: retry with real ones
-                return _trace_once(model, size, meta=False)
+                return _trace_once(model, size, meta=False, origin=origin)
     except RuntimeError as exc:
         raise forward_failed(model.name, size, exc) from None
     finally:
@@ -848,7 +851,8 @@ def _trace(model: FeatvisModel, size: tuple[int, int]) -> dict[str, tuple[Any, t
             module.training = training
 
 
-def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool) -> dict[str, tuple[Any, tuple[int, ...]]]:
+def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool,
+                origin: str | None = None) -> dict[str, tuple[Any, tuple[int, ...]]]:
     tracer = _Tracer(size)
     records: dict[str, tuple[Any, tuple[int, ...]]] = {}
     pending: list[_Op | None] = []  # inputs of the user-rule modules running now
@@ -872,6 +876,11 @@ def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool) -> dict[
                     op.out = output
                     tracer.record(list(_tensors(output)), _module_rule(op, rule, module))
             tracer.stack.pop()
+            if path == origin and path not in records and isinstance(output, torch.Tensor) and output.dim() >= 3:
+                tracer.fields.clear()  # from here on, fields are measured on this map, along paths through it
+                records.clear()
+                tracer.input_size = tuple(output.shape[-2:])
+                tracer.fields[output] = _Local((-2, -1), tuple(_Axis.pixels(n) for n in output.shape[-2:]))
             if path not in records and isinstance(output, torch.Tensor):
                 records[path] = (tracer.fields.get(output), tuple(output.shape))
 
@@ -970,3 +979,22 @@ def receptive_field(model: nn.Module, layer: str, input_size: int | Sequence[int
 
 
 make_callable(__name__, "receptive_field")  # featvis.receptive_field(...) calls it; the module's names stay reachable
+def relative_field(model: nn.Module, source: str, target: str, input_size: int | Sequence[int] | None = None) -> ReceptiveField:
+    """The receptive field of layer ``target`` measured in units of layer ``source``'s output map.
+
+    Only paths through ``source`` count (a skip connection around it is a constant here), and
+    ``input_size`` in the result is ``source``'s map size for an image of ``input_size``. A
+    ``target`` that does not run after ``source`` or does not depend on it is refused.
+    """
+    model = as_model(model)
+    size = shapes.positive_pair(input_size if input_size is not None else model.input_size, "input size")
+    source_path, target_path = model.resolve(source), model.resolve(target)
+    records = _trace(model, size, origin=source_path)
+    if source_path not in records or len(records[source_path][1]) != 4:
+        raise FeatvisError(f"layer '{source}' did not run or has no spatial map (C x H x W) in {model.name}; "
+                           "choose a convolutional layer as the source")
+    source_shape = records[source_path][1]
+    if target_path not in records or records[target_path][0] is None:
+        raise FeatvisError(f"layer '{target}' is not downstream of '{source}' in {model.name} (its output does not "
+                           f"depend on '{source}'); choose a target that '{source}' feeds")
+    return _result(target, target_path, *records[target_path], tuple(source_shape[-2:]))

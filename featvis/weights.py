@@ -283,3 +283,18 @@ def _cached_state(converted: Path, release: CaffeRelease) -> dict[str, torch.Ten
                            "and run again to download the weights afresh") from None
     warnings.warn(f"cached weights {converted} were damaged or modified ({problem}); rebuilt from the verified release files")
     return None
+def find_weights_file(filename: str, explicit: str | os.PathLike | None, source: str) -> Path:
+    """A single-file state dict that featvis cannot download (no published SHA-256 to verify it):
+    ``explicit`` (a file, or a folder holding ``filename``) > ``$FEATVIS_WEIGHTS_DIR/<filename>`` >
+    ``<user cache>/<filename>``, else a one-line
+    error naming ``source`` (where to get it) and these places."""
+    if explicit is not None:
+        return Path(explicit) / filename if Path(explicit).is_dir() else Path(explicit)
+    env = setting_path(WEIGHTS_ENV)
+    for candidate in ([env / filename] if env else []) + [cache_dir() / filename]:
+        if candidate.is_file():
+            return candidate
+    raise FeatvisError(
+        f"{filename} not found: download it from {source} (no published SHA-256, so featvis does not fetch it) "
+        f"and pass --weights FILE, or put it in ${WEIGHTS_ENV} or {cache_dir()}"
+    )

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 import featvis
+from featvis.optvis.plausibility import plausibility
 from featvis.cli import main
 from featvis.gallery import make_gallery, parse_channels, parse_shard, rebuild_index, shard_from_env, slug
 from featvis.gallery.plan import Layer, plan_units, shard_units
@@ -136,7 +137,7 @@ def manual_acts(model: featvis.FeatvisModel, image: torch.Tensor, upto: str) -> 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    """Three small photos, a text file and a broken JPEG (the last two must be skipped with a warning)."""
+    """Three small photos, a text file (not an image: left out) and a broken JPEG (skipped with a warning)."""
     from skimage import data
 
     folder = tmp_path_factory.mktemp("photos")
@@ -165,7 +166,7 @@ def gallery(tmp_path_factory, photos) -> tuple[Path, str]:
 def test_gallery_pages_links_and_warnings(gallery):
     out, err = gallery
     assert "featvis: warning: skipping photo: cannot read image" in err
-    assert "notes.txt" in err and "broken.jpg" in err
+    assert "broken.jpg" in err
     assert check_links(out) > 50
     index = parse_page(out / "index.html")
     assert [link for _, link in index.links if re.fullmatch(r"layers/[^/]+\.html", link)] == ["layers/conv1.html", "layers/conv2.html"]
@@ -193,6 +194,7 @@ def test_channel_json_numbers_match_an_independent_measurement(gallery):
             assert image.shape == (3, 32, 32)
             mean = float(manual_acts(model, image, layer)[c].mean())
             assert mean == pytest.approx(data["activation"], rel=0.03, abs=2e-3)
+            assert data["plausibility"] == pytest.approx(plausibility(model, image[None])[0], abs=0.02)
             negative = data["negative"]
             assert negative["spec"] == f"-{layer}:{c}"
             neg_image = featvis.load_image(out / negative["image"])
@@ -443,8 +445,8 @@ def test_tag_escapes_text_and_attributes():
     (["--layers", "conv2", "--channels", "x"], "bad channel selection 'x'"),
     (["--layers", "conv2", "--shard", "2/2"], "bad shard '2/2'"),
     (["--layers", "fc", "--diversity", "1"], "--diversity needs at least 2 images"),
-    (["--layers", "conv2", "--images", "nowhere"], "photo folder not found: nowhere"),
-    (["--layers", "conv2", "--images", "junk"], "no readable photos in junk"),
+    (["--layers", "conv2", "--images", "nowhere"], "--images nowhere not found"),
+    (["--layers", "conv2", "--images", "junk"], "none of the 1 images in junk could be read"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

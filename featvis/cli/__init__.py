@@ -19,7 +19,7 @@ from ..errors import FeatvisError
 from ..failures import routed_warnings, user_code_error
 from .streams import commands_own_stdout
 
-COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf"]
+COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain", "examples", "atlas"]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 BUILTIN_MODELS = ("inceptionv1", "googlenet", "squeezenet1_1")
 MODEL_HELP = (
-    "inceptionv1 | googlenet | squeezenet1_1 | torchvision:NAME | pkg.module:factory | path/to/file.py:factory"
+    "inceptionv1 | inceptionv1_lucid | googlenet | squeezenet1_1 | efficientnet_lite2 | torchvision:NAME | pkg.module:factory | path/to/file.py:factory"
 )
 
 

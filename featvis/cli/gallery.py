@@ -1,7 +1,7 @@
 """`featvis gallery`: a resumable, shardable static HTML gallery of a model's channels.
 
     featvis gallery MODEL --layers mixed3a,mixed4a --channels 0:16 --out DIR [--steps] [--size]
-        [--batch] [--seed] [--images FOLDER] [--negative] [--diversity N] [--shard i/N]
+        [--batch] [--seed] [--images FOLDER] [--negative] [--diversity N] [--circuits [K]] [--shard i/N]
     featvis gallery --index-only DIR
 """
 
@@ -30,11 +30,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=GALLERY_BATCH,
                         help=f"channels optimised together in one batch (default {GALLERY_BATCH})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--param", choices=("fft", "pixel", "maco"), default="fft",
+                        help="image parameterisation (default fft; maco to compare, into its own --out)")
     parser.add_argument("--images", metavar="FOLDER", help="your photos: show each channel's top-activating patches")
     parser.add_argument("--patches", type=int, default=GALLERY_PATCHES,
                         help=f"patches per channel with --images (default {GALLERY_PATCHES})")
     parser.add_argument("--negative", action="store_true", help="also render each channel's negative visualization")
     parser.add_argument("--diversity", type=int, default=0, metavar="N", help="also render a diversity set of N images")
+    parser.add_argument("--circuits", type=int, nargs="?", const=8, default=0, metavar="K",
+                        help="list each channel's K strongest inputs and outputs by expanded weight (default K: 8)")
     add_precision_arg(parser)
     parser.add_argument("--no-filters", dest="filters", action="store_false", help="leave out the first-layer filters")
     parser.add_argument("--shard", metavar="i/N", help="render shard i of N (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     report = make_gallery(model, args.layers, args.out, channels=args.channels, steps=args.steps, size=args.size,
                           batch=args.batch, seed=args.seed, images=args.images, patches=args.patches,
                           negative=args.negative, diversity=args.diversity, filters=args.filters, shard=shard,
-                          precision=args.precision, progress=show_progress(args))
+                          precision=args.precision, progress=show_progress(args), circuits=args.circuits,
+                          param=args.param)
     if args.json:
         print_json(report.to_json())
     else:

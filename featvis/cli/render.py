@@ -1,4 +1,6 @@
-"""`featvis render MODEL SPEC...`: feature visualisations as PNGs, with activation and natural-photo ratio."""
+"""`featvis render MODEL SPEC...`: feature visualisations as PNGs, with activation, natural-photo ratio
+and plausibility; MACO (``--param maco``, transparency with ``--alpha``) and feature accentuation
+(``--accentuate PHOTO``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import FeatvisError
 from .common import (add_model_args, add_out_arg, add_precision_arg, model_from_args, positive_int, print_json,
                      show_progress)
 
@@ -31,11 +34,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--size", type=int, default=128, help="image side in px (default 128; the model sees >= its input size)")
     parser.add_argument("--batch", type=positive_int, default=None, metavar="N", help="images per optimisation (default 16)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    parser.add_argument("--param", choices=("fft", "pixel"), default="fft", help="image parameterisation (default fft)")
+    parser.add_argument("--param", choices=("fft", "pixel", "maco"), default="fft",
+                        help="image parameterisation (default fft; maco: Fourier phase only, magnitude of natural photos)")
     parser.add_argument("--no-decorrelate", dest="decorrelate", action="store_false", help="no ImageNet colour decorrelation")
     parser.add_argument("--transforms", choices=("default", "none"), default="default", help="robustness transforms (default: the article's)")
     parser.add_argument("--init", metavar="IMAGE", help="start from this photo instead of noise")
     parser.add_argument("--thresholds", type=_steps, metavar="64,256,512", help="also save the images at these steps")
+    parser.add_argument("--alpha", action="store_true",
+                        help="also save MACO's transparency map (accumulated gradient) as <stem>_alpha.png (--param maco)")
+    parser.add_argument("--accentuate", metavar="IMAGE", help="feature accentuation: start from this photo and stay close to it")
+    parser.add_argument("--accentuate-layer", metavar="LAYER", help="layer in which to stay close (default: each spec's own)")
+    parser.add_argument("--accentuate-distance", type=float, metavar="D",
+                        help="largest relative distance ||A(x) - A(photo)|| / ||A(photo)|| in that layer (default 0.5)")
     add_precision_arg(parser)
     out = parser.add_mutually_exclusive_group(required=True)
     add_out_arg(parser, required=False, what="one PNG (a grid when several specs)", metavar="OUT.png", group=out)
@@ -104,18 +114,44 @@ def _partial(path: Path) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix or '.png'}")
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Combinations that cannot work, refused before anything is loaded."""
+    if args.param == "maco" and (args.init or args.accentuate):
+        raise FeatvisError(f"--param maco cannot start from a photo (its magnitude is fixed); drop {'--init' if args.init else '--accentuate'} "
+                           "or use --param fft")
+    if args.alpha and args.param != "maco":
+        raise FeatvisError(f"--alpha needs a parameterisation with a transparency map; --param {args.param} has none, use --param maco")
+    if args.init and args.accentuate:
+        raise FeatvisError("give --init (a start photo) or --accentuate (a photo to stay close to), not both")
+    if (args.accentuate_layer or args.accentuate_distance is not None) and not args.accentuate:
+        raise FeatvisError("--accentuate-layer and --accentuate-distance need --accentuate IMAGE")
+    if args.accentuate_distance is not None and not args.accentuate_distance > 0:
+        raise FeatvisError(f"--accentuate-distance must be > 0, got {args.accentuate_distance}")
+
+
+def alpha_path(path: Path) -> Path:
+    """Where the transparency map of the image at ``path`` goes: the image's stem plus ``_alpha``."""
+    return path.with_name(f"{path.stem}_alpha.png")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..images import load_image, save_image
     from ..optvis import parse_spec, render
+    from ..optvis.accentuation import DEFAULT_DISTANCE
 
+    _check(args)
     init = load_image(args.init) if args.init else None
+    photo = load_image(args.accentuate) if args.accentuate else None
     paths = _paths(args)
     model = model_from_args(args)
     objectives = [parse_spec(model, spec) for spec in args.specs]  # every spec checked before any optimisation
+    if args.accentuate_layer:
+        model.parts(args.accentuate_layer)  # an unknown layer fails now
     began = time.perf_counter()
     results = render(model, objectives, steps=args.steps, size=args.size, batch=args.batch, seed=args.seed, param=args.param,
                      decorrelate=args.decorrelate, transforms=args.transforms, init=init, thresholds=args.thresholds,
-                     precision=args.precision, progress=show_progress(args))
+                     precision=args.precision, progress=show_progress(args), accentuate=photo,
+                     accentuate_layer=args.accentuate_layer, accentuate_distance=args.accentuate_distance or DEFAULT_DISTANCE)
     seconds = time.perf_counter() - began
     interrupted = len(results) < len(args.specs) or any(r.interrupted for r in results)
     if interrupted:
@@ -125,18 +161,23 @@ def run(args: argparse.Namespace) -> int:
         for step in sorted(steps):
             save_image(image_grid([r.images[step] for r in results]), _at_step(paths[0], step))
         save_image(image_grid([r.image for r in results]), paths[0])
+        if args.alpha:
+            save_image(image_grid([r.alpha.expand(3, -1, -1) for r in results]), alpha_path(paths[0]))
     else:
         for path, result in zip(paths, results):
             for step in sorted(set(result.images) - {result.steps}):
                 save_image(result.images[step], _at_step(path, step))
             save_image(result.image, path)
+            if args.alpha:
+                save_image(result.alpha, alpha_path(path))
     if args.steps < FULL_STEPS and not interrupted and show_progress(args):
         print(f"featvis: a quick render ({args.steps} steps, {seconds:.0f} s); for full quality use --steps {FULL_STEPS} "
               f"(about {seconds * FULL_STEPS / args.steps / 60:.0f} min here)", file=sys.stderr)
     rows = [{"spec": spec, "path": str(path), "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio,
-             "steps": r.steps, "interrupted": r.interrupted}
+             "plausibility": r.plausibility, "steps": r.steps, "interrupted": r.interrupted}
+            | ({"alpha": str(alpha_path(path))} if args.alpha else {}) | ({"distance": r.distance} if args.accentuate else {})
             for spec, path, r in zip(args.specs, paths, results)]
-    rows += [{"spec": spec, "path": None, "activation": None, "natural_max": None, "ratio": None, "steps": 0,
+    rows += [{"spec": spec, "path": None, "activation": None, "natural_max": None, "ratio": None, "plausibility": None, "steps": 0,
               "interrupted": True} for spec in args.specs[len(results):]]  # never started
     if args.json:
         print_json(rows)
@@ -144,7 +185,9 @@ def run(args: argparse.Namespace) -> int:
         for row in rows[: len(results)]:
             ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
             natural = "-" if row["natural_max"] is None else f"{row['natural_max']:.4g}"
-            print(f"{row['spec']}: activation {row['activation']:.4g}, natural max {natural}, ratio {ratio} -> {row['path']}")
+            plausible = "-" if row["plausibility"] is None else f"{row['plausibility']:.3f}"
+            print(f"{row['spec']}: activation {row['activation']:.4g}, natural max {natural}, ratio {ratio}, "
+                  f"plausibility {plausible} -> {row['path']}")
     if interrupted:
         print(f"featvis: interrupted after {min(r.steps for r in results)} steps; saved the images so far beside "
               f"the requested ones, as {paths[0].name}", file=sys.stderr)

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -25,17 +25,21 @@ from ..choices import GALLERY_BATCH, GALLERY_PATCHES
 from ..errors import FeatvisError
 from ..fileio import ensure_writable_dir
 from ..filters import filter_images
-from ..images import save_image
+from ..images import load_image, save_image
 from ..model import FeatvisModel, as_model, model_fingerprint
 from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
 from ..optvis.objectives import INPUT
+from ..optvis.param import PARAMS
 from ..optvis.transforms import resize
 from ..probe import capture
 from . import manifest as mf
+from .circuits import CircuitPlanner
 from .manifest import Key, Record, ShardManifest
-from .patches import LayerPeaks, layer_peaks, photos_digest, read_photos, top_patches
 from .plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
 from .site import build_site
+
+if TYPE_CHECKING:
+    from ..examples import ExamplesResult
 
 DEFAULT_BATCH = GALLERY_BATCH  # channels per unit of work: one render call, one manifest update
 DEFAULT_PATCHES = GALLERY_PATCHES
@@ -71,18 +75,18 @@ class GalleryJob:
     """One process's share of a gallery (see module docstring)."""
 
     def __init__(self, model: FeatvisModel, root: Path, units: list[Unit], shard: tuple[int, int], settings: dict,
-                 batch: int, photos: list | None, patches: int, negative: bool, diversity: int, filters: bool,
-                 progress: bool):
+                 batch: int, examples: ExamplesResult | None, patches: int, negative: bool, diversity: int,
+                 filters: bool, progress: bool, circuits: CircuitPlanner | None = None):
         self.model, self.root, self.units, self.shard = model, root, units, shard
-        self.settings, self.batch, self.photos, self.patches = settings, batch, photos, patches
+        self.settings, self.batch, self.examples, self.patches = settings, batch, examples, patches
         self.negative, self.diversity, self.filters, self.progress = negative, diversity, filters, progress
+        self.circuits = circuits
         self.meta = {"name": model.name, "fingerprint": settings["model"]}
         manifests = mf.read_manifests(root)
         mf.check_same_model(manifests, self.meta, root)
         self.done = mf.merged_records(root, manifests)
         self.manifest = ShardManifest(root, shard[0], shard[1], self.meta, manifests)
         self.report = GalleryReport(root, root / "index.html", shard, len(units))
-        self._peaks: dict[str, LayerPeaks] = {}
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -128,7 +132,7 @@ class GalleryJob:
             self.commit(self.make_filters())
         for number, unit in enumerate(self.units, 1):
             began = time.perf_counter()
-            records = self.make_renders(unit) + self.make_diversity(unit) + self.make_patches(unit)
+            records = self.make_renders(unit) + self.make_diversity(unit) + self.make_patches(unit) + self.make_circuits(unit)
             self.commit(records)
             channels = f"channels {unit.channels[0]}..{unit.channels[-1]}" if len(unit.channels) > 1 else f"channel {unit.channels[0]}"
             what = f"{len(records)} items made" if records else "already done"
@@ -143,6 +147,7 @@ class GalleryJob:
         """Render through the engine; a run cut short (Ctrl-C) is never recorded as finished."""
         results = render(self.model, objectives, steps=self.settings["steps"], size=self.settings["size"],
                          batch=self.batch, seed=self.settings["seed"], precision=self.settings["precision"],
+                         param=self.settings.get("param", "fft"),
                          progress=self.progress and sys.stderr.isatty())
         if len(results) != images or any(r.interrupted or r.steps != self.settings["steps"] for r in results):
             raise KeyboardInterrupt
@@ -185,7 +190,7 @@ class GalleryJob:
             rel, digest = self.save(unit.layer, f"{c}-{kind}", settings, result.image)
             records.append(self.record(unit.layer, c, kind, settings, {rel: digest}, {
                 "spec": result.spec, "activation": result.activation, "natural_max": result.natural_max,
-                "ratio": result.ratio, "image": rel, "batch": self.batch}))
+                "ratio": result.ratio, "plausibility": result.plausibility, "image": rel, "batch": self.batch}))
         return records
 
     def make_diversity(self, unit: Unit) -> list[Record]:
@@ -212,26 +217,42 @@ class GalleryJob:
         return records
 
     def make_patches(self, unit: Unit) -> list[Record]:
-        """Top photo patches of the unit's channels (one pass over the photos per layer and process)."""
-        if self.photos is None:
+        """Top photo patches of the unit's channels, from the dataset-examples pass over the photos
+        (featvis.examples): each the receptive field of the channel's strongest unit in one photo,
+        with that whole photo (as the model sees it) and the box drawn."""
+        if self.examples is None:
             return []
-        digest = photos_digest(self.photos)
+        examples = self.examples.summary
+        digest = examples["photos_digest"]
         records = []
         for c in unit.channels:
             settings = mf.canonical({"model": self.settings["model"], "layer": unit.layer.path, "channel": c,
                                      "kind": "patches", "photos": digest, "patches": self.patches})
             if not self.todo(unit.layer, c, "patches", settings):
                 continue
-            if unit.layer.path not in self._peaks:
-                self._peaks[unit.layer.path] = layer_peaks(self.model, unit.layer, self.photos)
             files, entries = {}, []
-            for k, patch in enumerate(top_patches(self.photos, self._peaks[unit.layer.path], c, self.patches)):
-                rel, sha = self.save(unit.layer, f"{c}-patch{k}", settings, patch.image)
-                files[rel] = sha
-                entries.append({"photo": patch.photo, "box": list(patch.box), "activation": patch.activation,
-                                "unit": list(patch.unit) if patch.unit else None, "image": rel})
+            for k, example in enumerate(examples["layers"][unit.layer.name][str(c)]):
+                if example["crop"] is None:
+                    continue  # the photo became unreadable after the pass
+                crop, sha = self.save(unit.layer, f"{c}-patch{k}", settings, load_image(self.examples.out / example["crop"]))
+                full, full_sha = self.save(unit.layer, f"{c}-photo{k}", settings, load_image(self.examples.out / example["full"]))
+                files.update({crop: sha, full: full_sha})
+                entries.append({"photo": example["name"], "box": example["box"], "activation": example["activation"],
+                                "unit": example["unit"], "image": crop, "full": full})
             records.append(self.record(unit.layer, c, "patches", settings, files, {
-                "photos": {"count": len(self.photos), "digest": digest}, "patches": entries}))
+                "photos": {"count": examples["images"], "digest": digest}, "patches": entries}))
+        return records
+
+    def make_circuits(self, unit: Unit) -> list[Record]:
+        """Each channel's strongest inputs and outputs by expanded weight (see featvis.gallery.circuits)."""
+        if self.circuits is None:
+            return []
+        records = []
+        for c in unit.channels:
+            settings = mf.canonical({"model": self.settings["model"], "layer": unit.layer.path, "channel": c,
+                                     "kind": "circuits", **self.circuits.settings(unit.layer)})
+            if self.todo(unit.layer, c, "circuits", settings):
+                records.append(self.record(unit.layer, c, "circuits", settings, {}, self.circuits.connections(unit.layer, c)))
         return records
 
 
@@ -262,6 +283,8 @@ def make_gallery(
     shard: tuple[int, int] | None = None,
     precision: str = "auto",
     progress: bool = True,
+    circuits: int = 0,
+    param: str = "fft",
 ) -> GalleryReport:
     """Render a gallery of ``layers`` (channels ``channels``, e.g. ``"0:16"``; all by default) into ``out``.
 
@@ -270,13 +293,20 @@ def make_gallery(
     ``out``. ``images`` is a folder of photos for each channel's top ``patches`` patches;
     ``negative`` adds negative visualizations, ``diversity`` (>= 2) a diversity set per channel,
     ``filters`` the first convolution's kernels; ``precision`` as for `render` (the resolved number
-    format is part of each image's settings).
+    format is part of each image's settings). ``circuits=k`` lists on each channel page its ``k``
+    strongest inputs and outputs by expanded weight (featvis.gallery.circuits). ``param``: the image
+    parameterisation, as for `render` (``"maco"`` to compare with the default ``"fft"``: give each its
+    own ``out``).
     """
     root = ensure_writable_dir(out)
     fmodel = as_model(model)
     for name, value, least in (("steps", steps, 1), ("size", size, 1), ("patches", patches, 1)):
         if int(value) < least:
             raise FeatvisError(f"--{name} must be at least {least}, got {value}")
+    if circuits < 0 or circuits > 64:
+        raise FeatvisError(f"--circuits takes 1 to 64 connections per side, got {circuits}")
+    if param not in PARAMS:
+        raise FeatvisError(f"unknown parameterisation '{param}'; use one of {', '.join(PARAMS)}")
     if diversity == 1 or diversity < 0:
         raise FeatvisError(f"--diversity needs at least 2 images (or 0 for none), got {diversity}")
     chosen = resolve_layers(fmodel, parse_layers(layers))
@@ -284,12 +314,23 @@ def make_gallery(
     batch = int(batch or DEFAULT_BATCH)
     index, count = shard if shard is not None else shard_from_env()
     units = shard_units(plan_units(chosen, selections, batch), index, count)
-    photos = read_photos(images, fmodel) if images is not None else None
+    examples = None
+    if images is not None:
+        from ..examples import photo_examples  # featvis.examples uses the gallery's shard and layer helpers
+
+        mine: dict[str, list[int]] = {}
+        for unit in units:
+            mine.setdefault(unit.layer.name, []).extend(unit.channels)
+        examples = photo_examples(fmodel, images, root / "examples" / f"{index}-of-{count}", mine, int(patches),
+                                  progress) if mine else None
     # what an image depends on; not the batch: the engine gives each image its own random draws
     settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
                 "precision": str(compute_dtype(precision, fmodel)).removeprefix("torch.")}
-    job = GalleryJob(fmodel, root, units, (index, count), settings, batch, photos, int(patches), negative,
-                     int(diversity), filters, progress)
+    settings |= {"param": param} if param != "fft" else {}  # galleries made before --param keep their settings
+    log = (lambda message: print(message, file=sys.stderr, flush=True)) if progress else (lambda message: None)
+    planner = CircuitPlanner(fmodel, chosen, int(circuits), log) if circuits else None
+    job = GalleryJob(fmodel, root, units, (index, count), settings, batch, examples, int(patches), negative,
+                     int(diversity), filters, progress, planner)
     return job.run()
 
 

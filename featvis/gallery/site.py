@@ -21,6 +21,7 @@ from typing import Iterable
 
 from ..fileio import atomic_write_text
 from ..html import Markup, document, join, tag, url
+from .circuits import circuit_sections
 from .manifest import Key, Record
 
 CSS = """
@@ -38,6 +39,7 @@ h1{font-size:1.5em;margin:.3em 0}h2{font-size:1.15em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;font-size:.9em}td,th{padding:3px 10px;border-bottom:1px solid #e4e4e4;text-align:left}
 code{background:#eee;padding:0 3px;border-radius:3px}
 .muted{color:#777}
+.circuits img{width:96px;height:96px}.circuits .wmap{display:block;margin:3px auto;border:1px solid #ccc}
 """
 
 
@@ -73,6 +75,8 @@ class Site:
         for entry in self.layers.values():  # a channel page needs its visualization
             entry["channels"] = {c: kinds for c, kinds in sorted(entry["channels"].items()) if "positive" in kinds}
         self.ordered = sorted(self.layers.values(), key=lambda e: (e["info"].get("order", 0), e["info"]["path"]))
+        self.named = {name: entry for entry in self.ordered
+                      for name in (entry["info"]["name"], entry["info"]["path"], *entry["info"].get("aliases", []))}
 
     # --- paths ---------------------------------------------------------------------------------
     @staticmethod
@@ -133,12 +137,14 @@ class Site:
             "layer_path": info["path"],
             "channel": channel,
             **{name: settings.get(name) for name in ("seed", "steps", "size", "precision")},
+            "param": settings.get("param", "fft"),
             **positive.result,
         }
         for kind in ("negative", "diversity"):
             data[kind] = kinds[kind].result if kind in kinds else None
         data["patches"] = kinds["patches"].result["patches"] if "patches" in kinds else []
         data["photos"] = kinds["patches"].result["photos"] if "patches" in kinds else None
+        data["circuits"] = kinds["circuits"].result if "circuits" in kinds else None
         return data
 
     def _page(self, page: str, title: str, crumbs: Iterable[tuple[str, str]], here: str, *body) -> str:
@@ -151,6 +157,13 @@ class Site:
         return tag("a", tag("img", src=self.link(page, result["image"]), alt=f"{info['name']} channel {channel}",
                             title=f"{result['spec']}  activation {_number(result['activation'])}"),
                    href=self.link(page, self.channel_page(info, channel)), class_=css)
+
+    def _linked_thumb(self, page: str, layer: str, channel: int) -> Markup | None:
+        """The thumbnail of ``layer``'s ``channel`` linked to its page, when the gallery has that page."""
+        entry = self.named.get(layer)
+        if entry is None or channel not in entry["channels"]:
+            return None
+        return self._thumb(page, entry["info"], channel, entry["channels"][channel], "")
 
     def index(self) -> str:
         page = "index.html"
@@ -188,13 +201,14 @@ class Site:
             result = kinds["positive"].result
             cards.append(tag("div", self._thumb(page, info, channel, kinds, ""),
                              tag("div", tag("a", f"#{channel}", href=self.link(page, self.channel_page(info, channel)))),
-                             tag("div", f"{_number(result['activation'], '.3g')} · {_ratio(result.get('ratio'))}",
-                                 class_="muted"), class_="card"))
+                             tag("div", f"{_number(result['activation'], '.3g')} · {_ratio(result.get('ratio'))}"
+                                        f" · {_number(result.get('plausibility'), '.2f')}", class_="muted"), class_="card"))
         shape = "×".join(map(str, info.get("shape", [])))
         return self._page(page, f"{info['name']} — featvis gallery", [("index", "index.html")], info["name"],
                           tag("h1", _layer_title(info)),
                           tag("p", f"{len(cards)} of {info['channels']} channels shown; output shape {shape}. "
-                                   "Under each: activation reached · ratio to the best natural photo.", class_="muted"),
+                                   "Under each: activation reached · ratio to the best natural photo · plausibility "
+                                   "(similarity of its deep features to natural photos', 1 at best).", class_="muted"),
                           tag("div", cards, class_="grid"))
 
     def channel(self, info: dict, channel: int, data: dict, neighbours: tuple[int | None, int | None]) -> str:
@@ -211,8 +225,9 @@ class Site:
                                tag("figcaption", "negative ", tag("code", neg["spec"])), class_="big"))
         sections.append(tag("div", figures, class_="grid"))
         rows = [("spec", data["spec"]), ("seed", data["seed"]), ("steps", data["steps"]), ("size", data["size"]),
-                ("batch", data["batch"]), ("precision", data["precision"]), ("activation reached", _number(data["activation"])),
-                ("best natural photo", _number(data.get("natural_max"))), ("ratio", _ratio(data.get("ratio")))]
+                ("batch", data["batch"]), ("precision", data["precision"]), ("parameterisation", data["param"]), ("activation reached", _number(data["activation"])),
+                ("best natural photo", _number(data.get("natural_max"))), ("ratio", _ratio(data.get("ratio"))),
+                ("plausibility", _number(data.get("plausibility"), ".3f"))]
         if data["negative"]:
             rows.append(("negative: objective reached", _number(data["negative"]["activation"])))
         sections.append(tag("table", [tag("tr", tag("th", k), tag("td", v)) for k, v in rows]))
@@ -227,14 +242,23 @@ class Site:
         if data["patches"]:
             sections.append(tag("h2", "Top photo patches"))
             sections.append(tag("p", "Where this channel fires most in the photos: each patch is the receptive field "
-                                     "of the strongest unit (clipped to the photo as the model sees it).", class_="muted"))
-            sections.append(tag("div", [tag("figure", tag("img", src=self.link(page, p["image"]), alt=f"patch of {p['photo']}"),
+                                     "of the strongest unit (clipped to the photo as the model sees it); click a patch "
+                                     "for the whole photo with the box drawn.", class_="muted"))
+            sections.append(tag("div", [tag("figure", self._patch(page, p),
                                             tag("figcaption", p["photo"], tag("br"),
                                                 f"box y {p['box'][0]}:{p['box'][2]}, x {p['box'][1]}:{p['box'][3]}",
                                                 tag("br"), f"activation {_number(p['activation'], '.3g')}"),
                                             class_="card") for p in data["patches"]], class_="grid"))
+        if data["circuits"]:
+            sections.extend(circuit_sections(data["circuits"], lambda layer, c: self._linked_thumb(page, layer, c)))
         crumbs = [("index", "index.html"), (info["name"], self.layer_page(info))]
         return self._page(page, f"{info['name']} {channel} — featvis gallery", crumbs, f"channel {channel}", *sections)
+
+
+    def _patch(self, page: str, patch: dict) -> Markup:
+        """A patch's crop, linked to its whole photo with the box drawn (when the record has one)."""
+        image = tag("img", src=self.link(page, patch["image"]), alt=f"patch of {patch['photo']}")
+        return tag("a", image, href=self.link(page, patch["full"])) if patch.get("full") else image
 
 
 _LINK = re.compile(r'\s(?:href|src)="([^"]*)"')

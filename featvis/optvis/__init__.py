@@ -7,7 +7,10 @@
   `diversity`, `caricature`, `interpolate`, `alignment`, penalties `l1`, `l2`,
   `total_variation`, `blur`; combine with + - * and scalars
 - `natural_max(model, spec)`: the best score of natural photos, the bar to clear
-- building blocks: `Transforms` (robustness), `make_param` (fft / pixel, colour decorrelation),
+- deeper networks: ``param="maco"`` (`MacoImage`, Fel et al. 2023: phase only, magnitude of
+  natural photos, `natural_spectrum`) with its transparency map, ``accentuate=PHOTO`` (feature
+  accentuation), `plausibility` (deep features vs natural photos') on every result
+- building blocks: `Transforms` (robustness), `make_param` (fft / pixel / maco, colour decorrelation),
   `redirected_relus` (the gradient that gives dead channels a picture)
 """
 
@@ -16,7 +19,9 @@ from .objectives import (
     Objective, alignment, blur, caricature, channel, class_logit, deepdream, direction, direction_neuron, diversity,
     interpolate, l1, l2, neuron, total_variation,
 )
+from .maco import MacoImage, natural_spectrum
 from .param import FourierImage, PixelImage, make_param
+from .plausibility import plausibility
 from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relus
 from .rendering import PRECISIONS, RenderResult, compute_dtype, render
 from .spec import layer_shapes, parse_spec
@@ -27,4 +32,5 @@ __all__ = [
     "alignment", "blur", "caricature", "channel", "class_logit", "compute_dtype", "deepdream", "direction", "direction_neuron",
     "diversity", "interpolate", "l1", "l2", "layer_shapes", "make_param", "natural_max", "neuron", "parse_spec",
     "photo_crops", "redirected_relus", "render", "total_variation",
+    "MacoImage", "natural_spectrum", "plausibility",
 ]

@@ -3,7 +3,8 @@
 ``fft``: the image is the inverse real FFT of a spectrum whose coefficients are scaled by
 1/frequency (Lucid's ``fft_image``: ``1 / max(f, 1/max(h, w))``, orthonormal transform, /4), so
 gradient steps move low frequencies as much as high ones and images come out less noisy.
-``pixel``: the values themselves. Either way the three channels are then optionally
+``pixel``: the values themselves. ``maco``: the Fourier phase only, magnitude fixed to natural
+photos' (`featvis.optvis.maco`). Either way the three channels are then optionally
 *decorrelated*: treated as coordinates in ImageNet's colour-correlation basis (the square root
 of the colour covariance used by Lucid, columns normalised), and squashed into [0, 1] by a
 sigmoid (default) or by clipping around a mid grey. Every image of a batch is independent and
@@ -29,7 +30,12 @@ class ImageParam(nn.Module):
     """A batch of ``len(generators)`` images of ``size`` x ``size``; calling it returns them [B, 3, H, W].
 
     Subclasses define ``raw()`` (the unconstrained image) and ``encode(raw)`` (its inverse).
+    ``has_alpha``: rendering accumulates a transparency map (MACO's); ``learning_rate``: the
+    parameterisation's own Adam step (None: the engine's default).
     """
+
+    has_alpha = False
+    learning_rate: float | None = None
 
     def __init__(self, size: int, decorrelate: bool = True, valid: str = "sigmoid"):
         super().__init__()
@@ -105,15 +111,21 @@ class FourierImage(ImageParam):
         self.spectrum.copy_(torch.view_as_real(torch.fft.rfft2(raw * 4.0, norm="ortho")) / self.scale)
 
 
-PARAMS = {"fft": FourierImage, "pixel": PixelImage}
+PARAMS = ("fft", "pixel", "maco")
+
+
+def _param_class(kind: str) -> type[ImageParam]:
+    from .maco import MacoImage  # MACO builds on ImageParam and on the natural photos: imported when asked for
+
+    return {"fft": FourierImage, "pixel": PixelImage, "maco": MacoImage}[kind]
 
 
 def make_param(kind: str, generators: Sequence[torch.Generator], size: int, *, decorrelate: bool = True,
                valid: str = "sigmoid", init: torch.Tensor | None = None) -> ImageParam:
-    """Build the ``kind`` ("fft" or "pixel") parameterisation, from noise or from ``init`` images."""
+    """Build the ``kind`` ("fft", "pixel" or "maco") parameterisation, from noise or from ``init`` images."""
     if kind not in PARAMS:
         raise FeatvisError(f"unknown parameterisation '{kind}'; use one of {', '.join(PARAMS)}")
-    param = PARAMS[kind](generators, size, decorrelate=decorrelate, valid=valid)
+    param = _param_class(kind)(generators, size, decorrelate=decorrelate, valid=valid)
     if init is not None:
         param.set_images(init.expand(len(generators), -1, -1, -1))
     return param

@@ -15,6 +15,10 @@ Random draws (initial noise, transforms) come from one generator per image seede
 (seed, objective's name as given, image index): the same settings give the same image whatever
 else is in the batch, and the same PNG byte for byte on the same machine. Ctrl-C stops the
 optimisation and returns the images reached so far.
+
+Beyond the article: ``param="maco"`` (Fel et al. 2023, `maco`) with its transparency map
+(``RenderResult.alpha``), feature accentuation of a photo (``accentuate=``, `accentuation`), and
+a plausibility score per image (`plausibility`) beside the ratio to natural photos.
 """
 
 from __future__ import annotations
@@ -40,9 +44,12 @@ from ..reprs import short_repr
 from . import transforms as tf
 from .fast_layers import fast_layers, fused_conv_relus
 from .memory import check_render_fits
+from .accentuation import DEFAULT_DISTANCE, SEED, Accentuation, pull_back
+from .maco import alpha_map
 from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
 from .param import make_param
+from .plausibility import plausibility
 from .redirected_relu import REDIRECT_STEPS, redirected_relus
 from .spec import layer_shapes, parse_spec
 
@@ -56,7 +63,10 @@ class RenderResult:
     thresholds, ``activation`` the objective's value on ``image`` without transforms at the model's
     input scale, ``natural_max`` the best value over natural photos and ``ratio`` = activation /
     natural_max (None where undefined). ``steps`` is how many steps ran (fewer after Ctrl-C);
-    ``index`` is the image's position within a multi-image objective (diversity, interpolation)."""
+    ``index`` is the image's position within a multi-image objective (diversity, interpolation).
+    ``plausibility``: see `featvis.optvis.plausibility`; ``alpha`` [H, W] in [0, 1]: MACO's
+    transparency map (parameterisations with one); ``distance``: an accentuated image's relative
+    distance to its photo in the accentuation layer."""
 
     spec: str
     image: torch.Tensor
@@ -67,6 +77,9 @@ class RenderResult:
     steps: int = 0
     index: int = 0
     interrupted: bool = False
+    plausibility: float | None = None
+    alpha: torch.Tensor | None = None
+    distance: float | None = None
 
     __repr__ = short_repr  # shapes, not pixel values
 
@@ -88,16 +101,22 @@ def render(
     natural: bool = True,
     valid: str = "sigmoid",
     precision: str = "auto",
+    accentuate: "torch.Tensor | str | os.PathLike | None" = None,
+    accentuate_layer: str | None = None,
+    accentuate_distance: float = DEFAULT_DISTANCE,
 ) -> list[RenderResult]:
     """Render every spec (a string, see `parse_spec`, or an Objective); one result per image.
 
     ``size``: side of the optimised image; the model sees it resized to max(size, input size).
     ``batch``: images per optimisation (default 16; a multi-image objective is never split).
-    ``param``: "fft" or "pixel"; ``decorrelate``: ImageNet colour decorrelation; ``valid``:
-    "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" or a
+    ``param``: "fft", "pixel" or "maco" (phase only, with a transparency map); ``decorrelate``:
+    ImageNet colour decorrelation; ``valid``: "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" or a
     `Transforms`. ``init``: a photo (tensor or path) to start from instead of noise.
     ``thresholds``: steps at which to keep images (0: the start; the last step always).
-    ``natural``: also compute natural_max and ratio. ``interrupted`` results come from Ctrl-C.
+    ``accentuate``: a photo to accentuate (feature accentuation): start from it and stay within
+    relative distance ``accentuate_distance`` of it in ``accentuate_layer`` (default: each
+    objective's own layer) while raising the objective.
+    ``natural``: also compute natural_max, ratio and plausibility. ``interrupted`` results come from Ctrl-C.
     ``precision``: the model's number format while optimising, "float32", "bfloat16" or "auto"
     (see `compute_dtype`); images, objectives and the reported activations are float32 always.
     """
@@ -120,10 +139,21 @@ def render(
     shapes = layer_shapes(model, layers, scale)
     for objective in objectives:
         objective.check(shapes)
+    if param == "maco" and (init is not None or accentuate is not None):
+        raise FeatvisError("the maco parameterisation cannot start from a photo (its magnitude is fixed); "
+                           "use param fft with init or accentuate")
+    if init is not None and accentuate is not None:
+        raise FeatvisError("give either init (a start photo) or accentuate (a photo to stay close to), not both")
+    if accentuate is not None and not accentuate_distance > 0:
+        raise FeatvisError(f"accentuate_distance must be > 0, got {accentuate_distance}")
     transform = tf.resolve(transforms)
-    start = _init_image(init, size)
+    start = _init_image(init if accentuate is None else accentuate, size)
+    accentuation = Accentuation(accentuate_layer, accentuate_distance) if accentuate is not None else None
+    if accentuation is not None:
+        layer_shapes(model, [accentuation.layer_for(o) for o in objectives], scale)  # unknown layers fail here
     settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,
-                    transform=transform, init=start, keep=keep, dtype=dtype)
+                    transform=transform, init=start, keep=keep, dtype=dtype,
+                    accentuation=accentuation, penalties=_penalties(model, objectives, accentuation, scale))
 
     # the natural-photo bar first: whatever it needs (the sample photos) fails before the optimisation
     maxima = [natural_max(model, o, scale, progress=progress) if natural and o.span == 1 else None for o in objectives]
@@ -137,7 +167,18 @@ def render(
         if best is not None:
             result.natural_max = best
             result.ratio = result.activation / best if best > 0 else None
+    if natural:
+        for result, value in zip(results, plausibility(model, torch.stack([r.image for r in results]))):
+            result.plausibility = value
     return results
+
+
+def _penalties(model: FeatvisModel, objectives: list[Objective], accentuation: Accentuation | None,
+               scale: int) -> dict[int, Objective]:
+    """The accentuation penalty of each objective (by id), in units of its best natural activation."""
+    if accentuation is None:
+        return {}
+    return {id(o): accentuation.penalty(o, abs(natural_max(model, o, scale)) or 1.0) for o in objectives}
 
 
 def _chunks(objectives: list[Objective], names: list[str], batch: int) -> Iterator[list[tuple[Objective, str]]]:
@@ -248,16 +289,21 @@ def _frozen(model: FeatvisModel, dtype: torch.dtype = torch.float32) -> Iterator
 
 def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Counter, *, steps: int, size: int, scale: int,
               seed: int, param: str, decorrelate: bool, valid: str, transform: tf.Transforms | None,
-              init: torch.Tensor | None, keep: list[int], dtype: torch.dtype) -> list[RenderResult]:
+              init: torch.Tensor | None, keep: list[int], dtype: torch.dtype, accentuation: Accentuation | None,
+              penalties: dict[int, Objective]) -> list[RenderResult]:
     device = model.mean.device
     images_of = [(name, i) for objective, name in chunk for i in range(objective.span)]
     generators = [torch.Generator().manual_seed(_image_seed(seed, objective.name, i)) for objective, _ in chunk
                   for i in range(objective.span)]
     image_param = make_param(param, generators, size, decorrelate=decorrelate, valid=valid, init=init).to(device)
     thetas = transform.stream(generators, steps, size, scale) if transform else None
-    optimizer = torch.optim.Adam(image_param.parameters(), lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam(image_param.parameters(), lr=image_param.learning_rate or LEARNING_RATE)
     scores = _batched(chunk)
-    layers = [layer for objective, _ in chunk for layer in objective.layers if layer != INPUT]
+    penalty = _batched([(penalties[id(objective)], name) for objective, name in chunk]) if penalties else None
+    anchors = [accentuation.layer_for(objective) for objective, _ in chunk] if accentuation else []
+    layers = list(dict.fromkeys([layer for objective, _ in chunk for layer in objective.layers if layer != INPUT] + anchors))
+    photos = init.expand(len(generators), -1, -1, -1).to(device) if accentuation else None
+    transparency = torch.zeros(len(generators), size, size, device=device) if image_param.has_alpha else None
     kept: dict[int, torch.Tensor] = {}
     done, interrupted = 0, False
 
@@ -266,6 +312,10 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
         def activations(images: torch.Tensor, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
             acts = probe(x.to(dtype, memory_format=torch.channels_last)) if layers else {}
             return {**{k: v.float() for k, v in acts.items()}, INPUT: images}
+
+        def place(images: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+            """The model's view of ``images`` under this step's draw ``theta`` (the same for an image and its photo)."""
+            return tf.apply(images, theta, scale, transform.fill) if transform else tf.resize(images, scale)
 
         phase = contextlib.ExitStack()  # redirected ReLUs first, then the fused (plain) conv + ReLU pairs
         try:
@@ -278,10 +328,20 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
                         phase.close()
                         phase.enter_context(fused_conv_relus(model))
                     images = image_param()
-                    x = tf.apply(images, next(thetas).to(device), scale, transform.fill) if transform else tf.resize(images, scale)
-                    loss = -scores(activations(images, x, dtype)).sum()
+                    theta = next(thetas).to(device) if transform else None
+                    acts = activations(images, place(images, theta), dtype)
+                    if penalty is not None:
+                        with torch.no_grad():
+                            acts |= {SEED + k: v for k, v in activations(photos, place(photos, theta), dtype).items() if k != INPUT}
+                        loss = -(scores(acts) - penalty(acts)).sum()
+                    else:
+                        loss = -scores(acts).sum()
+                    if transparency is not None:
+                        images.retain_grad()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if transparency is not None:
+                        transparency += images.grad.abs().sum(1)
                     optimizer.step()
                     done = step + 1
                     bar.update(1)
@@ -294,10 +354,17 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
 
         with _frozen(model), torch.no_grad():
             final = image_param()
+            if accentuation is not None:
+                final, far = pull_back(lambda t: activations(t, tf.resize(t, scale)), final, init.to(device), anchors,
+                                       accentuation.distance)
             values = scores(activations(final, tf.resize(final, scale)))
     final = final.detach().cpu()
-    kept.setdefault(done, final)
-    return [
+    kept[done] = final
+    results = [
         RenderResult(name, final[b], {s: v[b] for s, v in kept.items()}, float(values[b]), steps=done, index=i, interrupted=interrupted)
         for b, (name, i) in enumerate(images_of)
     ]
+    for b, result in enumerate(results):
+        result.alpha = alpha_map(transparency[b].cpu()) if transparency is not None else None
+        result.distance = float(far[b]) if accentuation is not None else None
+    return results

@@ -1,0 +1,66 @@
+"""`featvis atlas`: an activation atlas (Carter et al. 2019) of one layer over a photo collection.
+
+    featvis atlas MODEL --images SOURCE --layer mixed4c [--grid 20] [--samples N] -o atlas.png
+        [--class LABEL] [--cell 64] [--steps 256] [--batch N] [--workers N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+
+from ..errors import FeatvisError
+from .common import add_model_args, add_precision_arg, model_from_args, print_json
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "atlas", help="activation atlas of a layer over a photo collection (needs featvis[atlas])",
+        description="Sample activation vectors at random positions of the photos (one streaming pass, resumable), lay "
+                    "them out in 2-D with UMAP, bin them on a grid and render each populated cell's mean vector; cells "
+                    "are drawn with opacity by count. --class LABEL weights samples by attribution to that class.")
+    add_model_args(parser)
+    parser.add_argument("--images", metavar="SOURCE", required=True,
+                        help="a folder of images (searched recursively) or a text file with one image path per line")
+    parser.add_argument("--layer", required=True, help="the layer, e.g. mixed4c")
+    parser.add_argument("--grid", type=int, default=20, help="cells per side (default 20)")
+    parser.add_argument("--samples", type=int, default=20000, help="activation vectors to sample (default 20000)")
+    parser.add_argument("-o", "--output", metavar="FILE.png", required=True, help="atlas image (FILE.json is written beside it)")
+    parser.add_argument("--class", dest="target", metavar="LABEL", help="class atlas: weight samples by attribution to "
+                                                                         "this class (a label or an index)")
+    parser.add_argument("--cell", type=int, default=64, help="pixels per cell (default 64)")
+    parser.add_argument("--steps", type=int, default=256, help="optimisation steps per cell (default 256)")
+    parser.add_argument("--batch", type=int, default=32, help="images per forward pass while sampling (default 32)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
+    parser.add_argument("--render-batch", type=int, default=16, help="cells rendered together (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: sampled positions, UMAP, renders (default 0)")
+    add_precision_arg(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..atlas import activation_atlas, require_umap
+    from ..examples.source import list_images
+    from ..fileio import ensure_writable_dir
+    from .gallery import _one_line_warning
+
+    require_umap()
+    if not args.output.lower().endswith(".png"):
+        raise FeatvisError(f"the atlas is saved as PNG; give -o a .png path, got {args.output}")
+    ensure_writable_dir(os.path.dirname(args.output) or ".")
+    list_images(args.images)  # fail before loading the model
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        model = model_from_args(args)
+        atlas = activation_atlas(model, args.images, args.layer, args.output, grid=args.grid, samples=args.samples,
+                                 target=args.target, cell=args.cell, steps=args.steps, batch=args.batch,
+                                 workers=args.workers, render_batch=args.render_batch, seed=args.seed,
+                                 precision=args.precision, progress=not args.quiet)
+    if args.json:
+        print_json(atlas.summary)
+    else:
+        print(f"{args.output}  ({len(atlas.cells)} cells from {atlas.summary['samples']} samples of "
+              f"{atlas.summary['images']} images)")
+    return 0

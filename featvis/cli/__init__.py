@@ -9,6 +9,7 @@ User-fixable problems (FeatvisError) print one line on stderr and exit with code
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from typing import Sequence
@@ -22,7 +23,9 @@ COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "salie
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featvis", description="See what convolutional networks see.")
     parser.add_argument("--version", action="version", version=f"featvis {__import__('featvis').__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # a command may define its own version of a shared option (e.g. -o): its definition wins
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       parser_class=functools.partial(argparse.ArgumentParser, conflict_handler="resolve"))
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
     return parser

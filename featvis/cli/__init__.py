@@ -11,6 +11,7 @@ Ctrl-C at any point, start-up included, prints one line and exits with code 130.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from typing import Sequence
@@ -32,7 +33,9 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="featvis", description="See what convolutional networks see.")
     parser.add_argument("--version", action="version", version=f"featvis {__import__('featvis').__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # a command may define its own version of a shared option (e.g. -o): its definition wins
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       parser_class=functools.partial(argparse.ArgumentParser, conflict_handler="resolve"))
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
     return parser

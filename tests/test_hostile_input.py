@@ -23,7 +23,6 @@ from PIL import Image
 
 import featvis
 from featvis.devices import check_device
-from featvis.gallery.patches import read_photos
 from featvis.optvis.transforms import STANDARD
 from featvis.weights import BVLC_GOOGLENET, CACHE_ENV, SQUEEZENET1_1, URL_ENV, WEIGHTS_ENV, state_digest
 
@@ -92,17 +91,20 @@ def test_pixel_limit_is_configurable_and_pil_warnings_stay_quiet(tmp_path, monke
     assert torch.allclose(image[:, 0, 0], torch.full((3,), 1 - 0x80 / 255))  # black at alpha 128/255 over white
 
 
-def test_gallery_photos_skip_a_bomb(tmp_path):
+def test_photo_collections_skip_a_bomb(tmp_path):
+    """The streaming pass behind `examples` and `gallery --images` skips a bomb and lists it, never decoding it."""
     from test_bad_input import bomb_png
 
     photos = tmp_path / "photos"
     photos.mkdir()
     bomb_png(photos / "a_bomb.png", 12000, 12000)  # PIL alone would decode 144 million pixels (4.6 GB)
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(photos / "b_photo.png")
-    model = featvis.as_model(torch.nn.Conv2d(3, 2, 3))
-    with pytest.warns(UserWarning, match=r"skipping photo: image .*a_bomb.png is 12000x12000 pixels"):
-        kept = read_photos(photos, model)
-    assert [photo.name for photo in kept] == ["b_photo.png"]
+    model = featvis.as_model(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)), input_size=32)
+    result = featvis.dataset_examples(model, photos, "0", tmp_path / "out", k=1, batch=1, workers=0, progress=False)
+    summary = result.summary
+    assert summary["images"] == 1
+    assert [Path(s["path"]).name for s in summary["skipped"]] == ["a_bomb.png"]
+    assert "12000x12000 pixels" in summary["skipped"][0]["error"]
 
 
 # --- render: nothing per step ------------------------------------------------------------------

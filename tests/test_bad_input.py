@@ -102,6 +102,11 @@ CASES = [
                                                                      "torch.save(model.state_dict(), path)"),
     (["classify", "inceptionv1", "small.png"], {"FEATVIS_WEIGHTS_URL": "notaurl"}, "FEATVIS_WEIGHTS_URL='notaurl' is not a URL"),
     (["classify", "squeezenet1_1", "small.png"], {"FEATVIS_CACHE_DIR": "afile/cache"}, "set FEATVIS_CACHE_DIR to a writable folder"),
+    # the analyses: photos, collections and outputs checked before any work
+    (["explain", "nets.py:tiny", "bomb.png", "--layer", "conv", "-o", "out.html"], {}, "image bomb.png is 20000x20000 pixels"),
+    (["circuit", "nets.py:marked", "conv:0", "--from", "conv", "-o", "keep.xyz"], {}, "cannot save a figure as '.xyz'"),
+    (["examples", "nets.py:marked", "--images", "photos", "--layers", "conv", "-o", "examples"], {}, "no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp, .ppm) in photos"),
+    (["atlas", "nets.py:marked", "--images", "photos", "--layer", "conv", "-o", "keep.png"], {}, "no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp, .ppm) in photos"),
 ]
 
 

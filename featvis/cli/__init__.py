@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"featvis {__import__('featvis').__version__}")
     # a command may define its own version of a shared option (e.g. -o): its definition wins
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                       parser_class=functools.partial(argparse.ArgumentParser, conflict_handler="resolve"))
+                                       parser_class=functools.partial(OneLineParser, conflict_handler="resolve"))
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
     return parser

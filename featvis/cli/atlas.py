@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
 
 from ..errors import FeatvisError
-from .common import add_model_args, add_precision_arg, model_from_args, print_json
+from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +25,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--layer", required=True, help="the layer, e.g. mixed4c")
     parser.add_argument("--grid", type=int, default=20, help="cells per side (default 20)")
     parser.add_argument("--samples", type=int, default=20000, help="activation vectors to sample (default 20000)")
-    parser.add_argument("-o", "--output", metavar="FILE.png", required=True, help="atlas image (FILE.json is written beside it)")
+    add_out_arg(parser, what="atlas image, .png (FILE.json is written beside it)", metavar="FILE.png")
     parser.add_argument("--class", dest="target", metavar="LABEL", help="class atlas: weight samples by attribution to "
                                                                          "this class (a label or an index)")
     parser.add_argument("--cell", type=int, default=64, help="pixels per cell (default 64)")
@@ -36,7 +35,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--render-batch", type=int, default=16, help="cells rendered together (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="random seed: sampled positions, UMAP, renders (default 0)")
     add_precision_arg(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
@@ -44,23 +42,20 @@ def run(args: argparse.Namespace) -> int:
     from ..atlas import activation_atlas, require_umap
     from ..examples.source import list_images
     from ..fileio import ensure_writable_dir
-    from .gallery import _one_line_warning
 
     require_umap()
-    if not args.output.lower().endswith(".png"):
-        raise FeatvisError(f"the atlas is saved as PNG; give -o a .png path, got {args.output}")
-    ensure_writable_dir(os.path.dirname(args.output) or ".")
+    if not args.out.lower().endswith(".png"):
+        raise FeatvisError(f"the atlas is saved as PNG; give -o a .png path, got {args.out}")
+    ensure_writable_dir(os.path.dirname(args.out) or ".")
     list_images(args.images)  # fail before loading the model
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
-        model = model_from_args(args)
-        atlas = activation_atlas(model, args.images, args.layer, args.output, grid=args.grid, samples=args.samples,
-                                 target=args.target, cell=args.cell, steps=args.steps, batch=args.batch,
-                                 workers=args.workers, render_batch=args.render_batch, seed=args.seed,
-                                 precision=args.precision, progress=not args.quiet)
+    model = model_from_args(args)
+    atlas = activation_atlas(model, args.images, args.layer, args.out, grid=args.grid, samples=args.samples,
+                             target=args.target, cell=args.cell, steps=args.steps, batch=args.batch,
+                             workers=args.workers, render_batch=args.render_batch, seed=args.seed,
+                             precision=args.precision, progress=show_progress(args))
     if args.json:
         print_json(atlas.summary)
     else:
-        print(f"{args.output}  ({len(atlas.cells)} cells from {atlas.summary['samples']} samples of "
+        print(f"{args.out}  ({len(atlas.cells)} cells from {atlas.summary['samples']} samples of "
               f"{atlas.summary['images']} images)")
     return 0

@@ -8,10 +8,9 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 
 from ..errors import FeatvisError
-from .common import add_model_args, model_from_args, print_json
+from .common import add_model_args, add_out_arg, model_from_args, print_json, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +27,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--channels", metavar="SEL", help="channels of each layer: A:B (B excluded), N, lists like "
                                                           "0:8,12, or all (default: all)")
     parser.add_argument("--k", type=int, default=9, help="images per channel (default 9)")
-    parser.add_argument("--out", metavar="DIR", help="output folder: JSON per layer, crops as PNG (shared by all shards)")
+    add_out_arg(parser, required=False, what="output folder: JSON per layer, crops as PNG (shared by all shards)", metavar="DIR")
     parser.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2; 0: decode in this process)")
     parser.add_argument("--negative", action="store_true", help="also the k most negative images (use a pre-ReLU layer)")
@@ -37,41 +36,38 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--full", action="store_true", help="also save each example's whole image with the box drawn")
     parser.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
                         help="seconds between checkpoints (default 60)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--merge", metavar="DIR", help="join the finished shards' results in DIR into the final files")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.merge and (args.model or args.images or args.out):
+        raise FeatvisError("--merge DIR takes no MODEL, --images or --out; run `featvis examples --merge DIR`")
+    missing = [name for name, value in (("MODEL", args.model), ("--images", args.images), ("--layers", args.layers),
+                                        ("--out", args.out)) if not value]
+    if missing and not args.merge:  # checked before torch is imported
+        raise FeatvisError(f"missing {', '.join(missing)}; run `featvis examples MODEL --images SOURCE --layers L1,L2 "
+                           "--out DIR`")
     from ..examples import dataset_examples, merge_examples
     from ..examples.engine import MAX_K
     from ..examples.source import list_images
     from ..fileio import ensure_writable_dir
     from ..gallery import parse_shard
-    from .gallery import _device, _one_line_warning
+    from .gallery import _device
 
     if args.merge:
-        if args.model or args.images or args.out:
-            raise FeatvisError("--merge DIR takes no MODEL, --images or --out; run `featvis examples --merge DIR`")
-        result = merge_examples(args.merge, workers=args.workers, progress=not args.quiet)
+        result = merge_examples(args.merge, workers=args.workers, progress=show_progress(args))
     else:
-        missing = [name for name, value in (("MODEL", args.model), ("--images", args.images), ("--layers", args.layers),
-                                            ("--out", args.out)) if not value]
-        if missing:
-            raise FeatvisError(f"missing {', '.join(missing)}; run `featvis examples MODEL --images SOURCE --layers L1,L2 "
-                               "--out DIR`")
         if not 1 <= args.k <= MAX_K:  # before loading the model
             raise FeatvisError(f"--k must be between 1 and {MAX_K}, got {args.k}")
         shard = parse_shard(args.shard) if args.shard else None
         ensure_writable_dir(args.out)  # fail before loading the model
         list_images(args.images)
         args.device = _device(args.device)
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
-            model = model_from_args(args)
-            result = dataset_examples(model, args.images, args.layers, args.out, channels=args.channels, k=args.k,
-                                      batch=args.batch, workers=args.workers, negative=args.negative, shard=shard,
-                                      full=args.full, checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+        model = model_from_args(args)
+        result = dataset_examples(model, args.images, args.layers, args.out, channels=args.channels, k=args.k,
+                                  batch=args.batch, workers=args.workers, negative=args.negative, shard=shard,
+                                  full=args.full, checkpoint_every=args.checkpoint_every, progress=show_progress(args))
     if args.json:
         print_json(result.to_json())
     elif result.merged:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import FeatvisError
-from .common import add_model_args, add_precision_arg, model_from_args, print_json
+from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -32,7 +31,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=None, metavar="N", help="icons per optimisation (default 16)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the NMF and the icons (default 0)")
     add_precision_arg(parser)
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the HTML page (self-contained)")
+    add_out_arg(parser, what="the HTML page (self-contained)", metavar="OUT.html")
     parser.add_argument("--figures", metavar="DIR", help="also write attribution.png, groups.png and grid.png into DIR")
     parser.set_defaults(func=run)
 
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..figures import save_figure
     from ..images import load_image, save_image
 
-    output = Path(args.output)
+    output = Path(args.out)
     if output.suffix.lower() not in (".html", ".htm"):
         raise FeatvisError(f"the page must be an .html file, got '{output.name}'; use e.g. -o explain.html")
     if args.steps < 0:
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     result = explain(model, photo, args.layer, target=args.target, groups=args.groups, top=args.top, position=args.position,
                      earlier=earlier, steps=max(args.steps, 1), size=args.size, grid_step=args.grid_step,
                      icons=args.steps > 0, batch=args.batch, seed=args.seed, precision=args.precision,
-                     progress=sys.stderr.isatty())
+                     progress=show_progress(args))
     title = f"{model.name} on {Path(args.image).name}: why '{result.label}'? ({result.layer})"
     atomic_write_text(output, explanation_page(model, result, title))
     written = [str(output)]

@@ -124,3 +124,12 @@ def user_models(tmp_path) -> Path:
     (tmp_path / "syntax.py").write_text("import torch\nx = 1 +\n")
     (tmp_path / "boom.py").write_text("raise RuntimeError('boom at import')\n")
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many small float64 ops: one torch thread avoids thread spin-waits on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

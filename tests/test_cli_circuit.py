@@ -11,29 +11,9 @@ from PIL import Image
 import featvis.optvis
 from featvis.cli import main
 
-NETS = '''
-import torch
-from torch import nn
+from circuit_nets import PLANTED
 
-
-class Planted(nn.Module):
-    """Channel 2 of conv3 reads only channel 5 of conv1 (through channel 1 of the 1x1 conv2)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 6, 1)
-        self.conv3 = nn.Conv2d(6, 4, 3, padding=1)
-        with torch.no_grad():
-            self.conv2.weight[1] = 0
-            self.conv2.weight[1, 5] = 0.5
-            self.conv3.weight[2] = 0
-            self.conv3.weight[2, 1] = torch.tensor([[0.0, 1.0, -1.0], [0.0, 2.0, -2.0], [0.0, 1.0, -1.0]])
-
-    def forward(self, x):
-        return self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
-
+NETS = PLANTED + '''
 
 class Rolled(nn.Module):
     def __init__(self):

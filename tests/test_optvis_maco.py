@@ -21,12 +21,7 @@ from featvis.optvis.param import COLOR
 from featvis.optvis.plausibility import plausibility
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_natural_spectrum_is_the_mean_fourier_magnitude_of_the_photos():

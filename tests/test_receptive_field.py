@@ -38,13 +38,7 @@ from featvis.models.inceptionv1 import LUCID_ALIASES
 from featvis.receptive_field import GLOBAL, POINTWISE, Box, Window, receptive_field, receptive_fields, register_rule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small float64 ops: one thread avoids thread spin-waits on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the measurement ----------------------------------------------------------------------------

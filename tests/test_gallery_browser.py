@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary: in
 
 CHECKER = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><pre id="result">running</pre><script>
 const start = new URL(%(start)s, location.href).href;
-const result = {pages: 0, json: 0, images: 0, broken_images: [], broken_links: [], external: []};
+const result = {pages: 0, json: 0, images: 0, linked_images: 0, broken_images: [], broken_links: [], external: []};
 const seen = new Set([start]), queue = [start];
 function load(url) {
   return new Promise(done => {
@@ -48,6 +48,12 @@ function settled(img) {
     let doc = null;
     try { doc = frame.contentDocument; } catch (e) {}
     if (!doc || !doc.body) { result.broken_links.push(url); frame.remove(); continue; }
+    if (/\.(png|jpe?g)$/.test(url)) {  // a linked image (a patch's whole photo): it must load
+      const img = doc.images[0];
+      if (img) await settled(img);
+      if (img && img.naturalWidth > 0) result.linked_images++; else result.broken_images.push(url);
+      frame.remove(); continue;
+    }
     if (url.endsWith(".json")) {
       try { JSON.parse(doc.body.innerText); result.json++; } catch (e) { result.broken_links.push(url); }
       frame.remove(); continue;
@@ -115,6 +121,7 @@ def test_every_image_loads_and_every_link_resolves(site, tmp_path):
     pages = len(list(site.rglob("*.html")))
     assert report["pages"] == pages == 1 + 2 + 6
     assert report["json"] == 6
+    assert report["linked_images"] == 6 * 2  # each channel's 2 patches link to their whole photo, box drawn
     # index: 8 filters + 6 thumbnails; layers: 3 each; channels: image, negative, 2 diversity, 2 patches
     assert report["images"] == 8 + 6 + 2 * 3 + 6 * 6
     assert report["broken_images"] == [] and report["broken_links"] == [] and report["external"] == []

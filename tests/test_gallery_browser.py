@@ -48,7 +48,7 @@ function settled(img) {
     let doc = null;
     try { doc = frame.contentDocument; } catch (e) {}
     if (!doc || !doc.body) { result.broken_links.push(url); frame.remove(); continue; }
-    if (/\.(png|jpe?g)$/.test(url)) {  // a linked image (a patch's whole photo): it must load
+    if (/[.](png|jpe?g)$/.test(url)) {  // a linked image (a patch's whole photo): it must load
       const img = doc.images[0];
       if (img) await settled(img);
       if (img && img.naturalWidth > 0) result.linked_images++; else result.broken_images.push(url);

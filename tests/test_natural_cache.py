@@ -4,6 +4,8 @@ activation as computed directly; other weights get their own entry; a damaged fi
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 
@@ -11,6 +13,8 @@ import featvis
 from featvis.optvis import natural
 from featvis.optvis.natural import natural_max, photo_crops
 from featvis.settings import CACHE_ENV
+
+PLAUSIBILITY = importlib.import_module("featvis.optvis.plausibility")  # the module (featvis.optvis.plausibility is its function)
 
 
 def _net(seed: int) -> featvis.FeatvisModel:
@@ -42,3 +46,21 @@ def test_natural_activations_are_kept_by_weights(tmp_path, monkeypatch):
     files[0].write_bytes(b"damaged")
     calls.clear()
     assert _close(natural_max(_net(0), "2:1", 32), first) and calls  # recomputed
+
+
+def test_natural_deep_features_are_kept_by_weights(tmp_path, monkeypatch):
+    """Plausibility's natural side is read from the user cache in a fresh process (a fresh model object)."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+
+    def head(seed: int) -> featvis.FeatvisModel:
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Conv2d(3, 4, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        return featvis.load_model(net, input_size=32)
+
+    images = torch.rand(2, 3, 32, 32)
+    first = PLAUSIBILITY.plausibility(head(0), images)
+    assert len(list((tmp_path / "natural").glob("*.pt"))) == 1
+    calls, deep_features = [], PLAUSIBILITY.deep_features
+    monkeypatch.setattr(PLAUSIBILITY, "deep_features", lambda model, x: calls.append(len(x)) or deep_features(model, x))
+    again = PLAUSIBILITY.plausibility(head(0), images)
+    assert calls == [2] and again == first  # only the two images ran; the crops' features came from the file

@@ -71,7 +71,7 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
     wanted = [layer for layer in dict.fromkeys(layers) if layer != INPUT]
     for layer in wanted:
         if (model.parts(layer), size) not in cache:
-            stored = _read_stored(model, layer, size)
+            stored = read_stored(model, "+".join(model.parts(layer)), size)
             if stored is not None:
                 cache[(model.parts(layer), size)] = stored
     missing = [layer for layer in wanted if (model.parts(layer), size) not in cache]
@@ -84,7 +84,7 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
                 bar.update(len(crops[i : i + CHUNK]))
         for layer in missing:
             cache[(model.parts(layer), size)] = torch.cat([chunk[layer] for chunk in chunks])
-            _store(model, layer, size, cache[(model.parts(layer), size)])
+            store(model, "+".join(model.parts(layer)), size, cache[(model.parts(layer), size)])
     result = {INPUT: crops} if crops is not None else {}
     for layer in wanted:
         key = (model.parts(layer), size)
@@ -95,19 +95,20 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
     return result
 
 
-def _stored_path(model: FeatvisModel, layer: str, size: int) -> Path:
-    """Where the activations of ``layer`` for the crops at ``size`` are kept in the user cache."""
+def _stored_path(model: FeatvisModel, what: str, size: int) -> Path:
+    """Where ``what`` (a layer's parts, or another name) of the crops at ``size`` is kept in the user cache."""
     from ..weights import cache_dir
 
     if model not in _FINGERPRINTS:
         _FINGERPRINTS[model] = model_fingerprint(model)
     photos = f"{CROPS_VERSION}|scikit-image {metadata.version('scikit-image')}"
-    key = hashlib.sha256(f"{_FINGERPRINTS[model]}|{'+'.join(model.parts(layer))}|{size}|{photos}".encode()).hexdigest()
+    key = hashlib.sha256(f"{_FINGERPRINTS[model]}|{what}|{size}|{photos}".encode()).hexdigest()
     return cache_dir() / "natural" / f"{key[:32]}.pt"
 
 
-def _read_stored(model: FeatvisModel, layer: str, size: int) -> torch.Tensor | None:
-    path = _stored_path(model, layer, size)
+def read_stored(model: FeatvisModel, what: str, size: int) -> torch.Tensor | None:
+    """What `store` kept for this model (by weights), ``what`` and crop size; None if absent or unreadable."""
+    path = _stored_path(model, what, size)
     if not path.is_file():
         return None
     try:
@@ -117,12 +118,12 @@ def _read_stored(model: FeatvisModel, layer: str, size: int) -> torch.Tensor | N
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _store(model: FeatvisModel, layer: str, size: int, acts: torch.Tensor) -> None:
+def store(model: FeatvisModel, what: str, size: int, acts: torch.Tensor) -> None:
     """Keep ``acts`` in the user cache when small enough; a cache that cannot be written is skipped."""
     if acts.numel() * acts.element_size() > DISK_LIMIT:
         return
     try:
-        with atomic_output(_stored_path(model, layer, size)) as tmp:
+        with atomic_output(_stored_path(model, what, size)) as tmp:
             torch.save(acts.detach().cpu().contiguous(), tmp)
     except (OSError, FeatvisError):
         pass

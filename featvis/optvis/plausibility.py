@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import FeatvisModel, as_model
-from .natural import CHUNK, photo_crops
+from .natural import CHUNK, photo_crops, read_stored, store
 
 K = 5
+DEEP = "deep features"  # the user-cache name of the natural crops' features (no layer is named so)
 _NATURAL: "weakref.WeakKeyDictionary[FeatvisModel, dict[int, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
@@ -44,12 +45,16 @@ def deep_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def natural_features(model: nn.Module) -> torch.Tensor:
-    """`deep_features` of every natural photo crop, cached per model."""
+    """`deep_features` of every natural photo crop, cached per model and in the user cache (by weights)."""
     model = as_model(model)
     cache = _NATURAL.setdefault(model, {})
-    if model.input_size not in cache:
-        cache[model.input_size] = deep_features(model, photo_crops(model.input_size))
-    return cache[model.input_size]
+    size = model.input_size
+    if size not in cache:
+        cache[size] = read_stored(model, DEEP, size)
+        if cache[size] is None:
+            cache[size] = deep_features(model, photo_crops(size))
+            store(model, DEEP, size, cache[size])
+    return cache[size].cpu()
 
 
 def plausibility(model: nn.Module, images: torch.Tensor, k: int = K) -> list[float]:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torchvision
 from torch import nn
 
 from ..devices import check_device
@@ -63,6 +62,8 @@ def inceptionv1_lucid(weights: str | os.PathLike | None = None, progress: bool =
 
 def squeezenet1_1(weights: str | os.PathLike | None = None, progress: bool = True, pretrained: bool = True) -> FeatvisModel:
     """torchvision's SqueezeNet 1.1 filled with the Caffe SqueezeNet 1.1 ImageNet weights."""
+    import torchvision  # here, not at the top: it imports torch._dynamo (over a second), which inceptionv1 never needs
+
     net = torchvision.models.squeezenet1_1(weights=None)
     layers = {"features.0": "conv1", "classifier.1": "conv10"}
     fires = {3: "fire2", 4: "fire3", 6: "fire4", 7: "fire5", 9: "fire6", 10: "fire7", 11: "fire8", 12: "fire9"}
@@ -83,6 +84,7 @@ def googlenet(weights: str | os.PathLike | None = None, progress: bool = True, p
     Without a file, ``GoogLeNet_Weights.IMAGENET1K_V1`` is fetched by torchvision (its hub cache
     under $TORCH_HOME is used first, so a file placed there works offline).
     """
+    import torchvision
     from torchvision.models import GoogLeNet_Weights
 
     if weights is None and not pretrained:
@@ -106,6 +108,8 @@ def googlenet(weights: str | os.PathLike | None = None, progress: bool = True, p
 
 
 def _torchvision_model(name: str, weights: str | os.PathLike | None) -> FeatvisModel:
+    import torchvision
+
     builders = torchvision.models.list_models(module=torchvision.models)  # classification models only
     if name not in builders:
         close = difflib.get_close_matches(name, builders, n=5, cutoff=0.6)

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
@@ -71,6 +71,11 @@ class GalleryReport:
                 "units": self.units, "made": len(self.made), "skipped": self.skipped, "seconds": round(self.seconds, 2)}
 
 
+def stderr_lines(enabled: bool) -> Callable[[str], None]:
+    """A logger printing progress lines on stderr (the job's and the circuit planner's), or nothing."""
+    return (lambda message: print(message, file=sys.stderr, flush=True)) if enabled else (lambda message: None)
+
+
 class GalleryJob:
     """One process's share of a gallery (see module docstring)."""
 
@@ -81,6 +86,7 @@ class GalleryJob:
         self.settings, self.batch, self.examples, self.patches = settings, batch, examples, patches
         self.negative, self.diversity, self.filters, self.progress = negative, diversity, filters, progress
         self.circuits = circuits
+        self.log = stderr_lines(progress)
         self.meta = {"name": model.name, "fingerprint": settings["model"]}
         manifests = mf.read_manifests(root)
         mf.check_same_model(manifests, self.meta, root)
@@ -89,10 +95,6 @@ class GalleryJob:
         self.report = GalleryReport(root, root / "index.html", shard, len(units))
 
     # --- bookkeeping ----------------------------------------------------------------------------
-    def log(self, message: str) -> None:
-        if self.progress:
-            print(message, file=sys.stderr, flush=True)
-
     def todo(self, layer: Layer, channel: int | None, kind: str, settings: dict) -> bool:
         """Whether an item must be made: no record with these settings and intact files."""
         record = self.done.get((layer.path, channel, kind))
@@ -327,8 +329,7 @@ def make_gallery(
     settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
                 "precision": str(compute_dtype(precision, fmodel)).removeprefix("torch.")}
     settings |= {"param": param} if param != "fft" else {}  # galleries made before --param keep their settings
-    log = (lambda message: print(message, file=sys.stderr, flush=True)) if progress else (lambda message: None)
-    planner = CircuitPlanner(fmodel, chosen, int(circuits), log) if circuits else None
+    planner = CircuitPlanner(fmodel, chosen, int(circuits), stderr_lines(progress)) if circuits else None
     job = GalleryJob(fmodel, root, units, (index, count), settings, batch, examples, int(patches), negative,
                      int(diversity), filters, progress, planner)
     return job.run()

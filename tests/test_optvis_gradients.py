@@ -67,7 +67,9 @@ def test_relu_modules_are_patched_only_inside_the_block():
 
 def test_fast_local_response_norm_equals_pytorch():
     torch.manual_seed(1)
-    for size, alpha, beta, k in [(5, 1e-4, 0.75, 1.0), (4, 1e-2, 0.6, 2.0), (3, 0.3, 1.1, 0.5)]:
+    # GoogLeNet's, an even window, Lucid InceptionV1's (wider than the 9 channels), and others
+    for size, alpha, beta, k in [(5, 1e-4, 0.75, 1.0), (4, 1e-2, 0.6, 2.0), (3, 0.3, 1.1, 0.5), (11, 11e-4, 0.5, 2.0),
+                                 (2, 0.1, 0.75, 1.5)]:
         x = (torch.randn(2, 9, 4, 3, dtype=torch.float64) * 8).requires_grad_()
         reference = nn.LocalResponseNorm(size, alpha, beta, k).double()
         assert torch.allclose(local_response_norm(x, size, alpha, beta, k), reference(x), rtol=1e-10, atol=1e-12)

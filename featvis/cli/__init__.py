@@ -18,6 +18,7 @@ from typing import Sequence
 
 from ..errors import FeatvisError
 from ..failures import routed_warnings, user_code_error
+from ..heap import keep_freed_memory
 from .streams import commands_own_stdout
 
 COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain", "examples", "atlas"]
@@ -46,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with routed_warnings():
             args = build_parser().parse_args(argv)  # argparse's --help/--version text stays on stdout
-            with commands_own_stdout():  # a user model's prints go to stderr, never into --json output
+            # a user model's prints go to stderr, never into --json output; freed tensors' memory is reused
+            with commands_own_stdout(), keep_freed_memory():
                 return int(args.func(args) or 0)
     except FeatvisError as exc:
         print(f"featvis: error: {exc}", file=sys.stderr)

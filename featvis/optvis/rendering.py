@@ -6,8 +6,9 @@ objectives need (`Probe(early_exit=True)`). Adam (lr 0.05) raises the sum of all
 every image follows only its own objective. The first `REDIRECT_STEPS` steps use the
 redirected-ReLU gradient so that channels dead for a noise start still get a picture.
 
-Speed: the model runs channels-last, with slow layers replaced by exact faster stand-ins
-(`fast_layers`), conv + ReLU pairs fused after the redirected steps and, with
+Speed: Adam is featvis's own (`adam`: no torch._dynamo import), freed activations stay in the
+process between steps (`featvis.heap`), the model runs channels-last, with slow layers replaced
+by exact faster stand-ins (`fast_layers`), conv + ReLU pairs fused after the redirected steps and, with
 ``precision="auto"`` on a CPU with AMX, its weights and activations in bfloat16 (the image,
 its transforms, the objectives and the final measurement stay float32).
 
@@ -36,6 +37,7 @@ from torch import nn
 
 from ..choices import PRECISIONS, RENDER_BATCH
 from ..errors import FeatvisError
+from ..heap import keep_freed_memory
 from ..images import load_image
 from ..model import FeatvisModel, as_model
 from ..probe import Probe
@@ -45,6 +47,7 @@ from . import transforms as tf
 from .fast_layers import fast_layers, fused_conv_relus
 from .memory import check_render_fits
 from .accentuation import DEFAULT_DISTANCE, SEED, Accentuation, pull_back
+from .adam import Adam
 from .maco import alpha_map
 from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
@@ -158,7 +161,7 @@ def render(
     # the natural-photo bar first: whatever it needs (the sample photos) fails before the optimisation
     maxima = [natural_max(model, o, scale, progress=progress) if natural and o.span == 1 else None for o in objectives]
     results: list[RenderResult] = []
-    with progress_bar(steps * len(chunks), "render", "steps", enabled=progress) as bar:
+    with keep_freed_memory(), progress_bar(steps * len(chunks), "render", "steps", enabled=progress) as bar:
         for chunk in chunks:
             results += _optimise(model, chunk, bar, **settings)
             if results[-1].interrupted:
@@ -297,7 +300,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
                   for i in range(objective.span)]
     image_param = make_param(param, generators, size, decorrelate=decorrelate, valid=valid, init=init).to(device)
     thetas = transform.stream(generators, steps, size, scale) if transform else None
-    optimizer = torch.optim.Adam(image_param.parameters(), lr=image_param.learning_rate or LEARNING_RATE)
+    optimizer = Adam(image_param.parameters(), lr=image_param.learning_rate or LEARNING_RATE)
     scores = _batched(chunk)
     penalty = _batched([(penalties[id(objective)], name) for objective, name in chunk]) if penalties else None
     anchors = [accentuation.layer_for(objective) for objective, _ in chunk] if accentuation else []
@@ -338,7 +341,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
                         loss = -scores(acts).sum()
                     if transparency is not None:
                         images.retain_grad()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.zero_grad()
                     loss.backward()
                     if transparency is not None:
                         transparency += images.grad.abs().sum(1)

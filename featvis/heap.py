@@ -1,13 +1,14 @@
 """`keep_freed_memory`: freed tensors' memory stays in the process while featvis computes (glibc).
 
 Why: every optimisation step allocates and frees hundreds of MB of activations. glibc's malloc
-hands large freed blocks back to the kernel (munmap, heap trimming), so the next step takes them
-again as fresh zero-filled pages, one page fault per 4 KiB. A 64-step render of 8 mixed4a
-channels measured 1.7 million page faults and 12.3 s with glibc's defaults, 0.24 million and
-10.6 s within this block (2-core VM). Within it, blocks up to 32 MiB (glibc's largest heap
-block) come from the heap and the heap is not trimmed (below 2 GiB free); on leaving the outermost block the trim
-threshold becomes 64 MiB (where glibc's own adaptive rule would have taken it) and what is free
-is returned to the system at once. Elsewhere (macOS, Windows, musl) it changes nothing.
+hands large freed blocks back to the kernel (blocks over 32 MiB always go to munmap, the free
+top of the heap is trimmed), so the next step takes them again as fresh zero-filled pages, one
+page fault per 4 KiB. A 64-step render of 8 mixed4a channels measured 1.7 million page faults
+and 12.3 s with glibc's defaults, 0.24 million and 10.6 s within this block (2-core VM).
+Within it every block comes from the heap (no mmap) and the heap is not trimmed (below 2 GiB
+free); on leaving the outermost block glibc's limits return to where its own adaptive rule
+takes them for large blocks (mmap above 32 MiB, trim above 64 MiB) and what is free is handed
+back at once. Elsewhere (macOS, Windows, musl) it changes nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import platform
 import threading
 from typing import Iterator
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt parameters, <malloc.h>
 HEAP_BLOCK = 32 << 20  # glibc's largest M_MMAP_THRESHOLD on 64-bit systems
 NEVER = 2**31 - 1  # the largest trim threshold mallopt takes (an int): 2 GiB of free heap top
+MMAP_MAX = 65536  # glibc's default number of mmapped blocks
 
 _lock = threading.Lock()
 _depth = 0
@@ -39,11 +41,12 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def _set(trim_threshold: int) -> None:
+def _set(keep: bool) -> None:
     libc = _glibc()
     if libc is not None:
+        libc.mallopt(M_MMAP_MAX, 0 if keep else MMAP_MAX)
         libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK)
-        libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
+        libc.mallopt(M_TRIM_THRESHOLD, NEVER if keep else 2 * HEAP_BLOCK)
 
 
 @contextlib.contextmanager
@@ -54,14 +57,14 @@ def keep_freed_memory() -> Iterator[bool]:
     with _lock:
         _depth += 1
         if _depth == 1:
-            _set(NEVER)
+            _set(keep=True)
     try:
         yield _glibc() is not None
     finally:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                _set(2 * HEAP_BLOCK)
+                _set(keep=False)
                 libc = _glibc()
                 if libc is not None:
                     libc.malloc_trim(0)

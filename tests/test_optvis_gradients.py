@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -102,7 +103,7 @@ def test_fused_conv_relu_equals_conv_then_relu_and_respects_probes():
         with fused_conv_relus(net) as pairs:
             got = net(x)
             fused_grad, = torch.autograd.grad(got, x, g)
-            assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvReLUBackward"
+            assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvBackward"
         assert torch.allclose(got, expected, atol=1e-6) and torch.allclose(fused_grad, grad, atol=1e-6)
     # bfloat16: the fused layer equals the float32 reference to bfloat16's precision
     x = torch.randn(2, 3, 33, 30).contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -114,7 +115,7 @@ def test_fused_conv_relu_equals_conv_then_relu_and_respects_probes():
     with fused_conv_relus(half) as pairs:
         got = half(xh)
         fused_grad, = torch.autograd.grad(got, xh, g.to(torch.bfloat16))
-        assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvReLUBackward"
+        assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvBackward"
     assert (got.float() - expected).abs().max() < 0.05 * expected.abs().max()
     assert (fused_grad.float() - grad).abs().max() < 0.05 * grad.abs().max()
     seen = []
@@ -125,4 +126,29 @@ def test_fused_conv_relu_equals_conv_then_relu_and_respects_probes():
     finally:
         handle.remove()
     assert seen[0] < 0  # a hooked convolution still shows its pre-activations
+    assert all("forward" not in m.__dict__ for m in net)
+
+
+def test_strided_rgb_convolution_stand_in_in_every_phase():
+    """fast_layers' stride-2 RGB convolution (space-to-depth input gradient) against PyTorch's conv,
+    alone, under redirected ReLUs and under the fused pairs nested inside it, as render nests them;
+    each block gives back exactly the forward it found."""
+    torch.manual_seed(3)
+    first = nn.Conv2d(3, 8, 7, stride=2, padding=3)
+    net = nn.Sequential(first, nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.ReLU())
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(2, 3, 37, 34).contiguous(memory_format=torch.channels_last).requires_grad_()
+    expected = net(x)
+    g = torch.randn_like(expected)
+    grad, = torch.autograd.grad(expected, x, g)
+    with fast_layers(net) as count:
+        assert count == 1 and "forward" in first.__dict__
+        stand_in = first.__dict__["forward"]
+        for phase in (contextlib.nullcontext, redirected_relus, fused_conv_relus):
+            with phase(net):
+                got = net(x)
+                ours, = torch.autograd.grad(got, x, g)
+            assert torch.allclose(got, expected, atol=1e-5) and torch.allclose(ours, grad, atol=1e-5), phase
+            assert first.__dict__["forward"] is stand_in
     assert all("forward" not in m.__dict__ for m in net)

@@ -4,7 +4,8 @@
 oneDNN convolution with the ReLU fused in (on CPU the separate ReLU pass costs up to half the
 convolution); the backward is ReLU's (zero where the output is zero) then the convolution's.
 Pairs whose convolution has hooks (a probed pre-activation) are left alone. For a stride-2 first
-layer the input gradient goes through the equivalent stride-1 convolution (space to depth).
+layer the input gradient goes through the equivalent stride-1 convolution (space to depth), in
+every phase: `fast_layers` gives such a layer that gradient when it is not fused.
 
 `fast_layers`: PyTorch's ``nn.LocalResponseNorm`` runs an ``avg_pool3d`` over a padded 5-D copy and about
 25 memory passes forward and backward; on GoogLeNet at 224 px it costs as much as all its
@@ -13,13 +14,13 @@ b = a (k + alpha/n sum_window a^2)^-beta, with the window sum as ``size`` shifte
 channel-padded buffer (no copy, no GEMM over a mostly-zero band matrix) and a hand-derived backward:
 da_j = g_j p_j - 2 beta alpha/n a_j sum_{c: j in window(c)} g_c b_c / d_c, with d the bracket
 and p = d^-beta; about 17 memory passes in all, 0.57x the time of the band-GEMM version at 192
-channels (``benchmarks/bench_render.py`` measures the whole step).
+channels (``benchmarks/bench_render.py`` and ``bench_process.py`` measure the whole render).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,48 +78,55 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: f
 
 @contextlib.contextmanager
 def fast_layers(model: nn.Module) -> Iterator[int]:
-    """Within the block 4-D ``nn.LocalResponseNorm`` calls use `local_response_norm`; yields how many modules.
+    """Within the block 4-D ``nn.LocalResponseNorm`` calls use `local_response_norm` and stride-2
+    convolutions of RGB (`_space_to_depth_ok`) get the faster input gradient; yields how many modules.
 
     Like `redirected_relus`, only an instance ``forward`` is set and removed on exit.
     """
-    patched = [module for module in model.modules() if type(module) is nn.LocalResponseNorm]
-
-    def forward_of(module: nn.LocalResponseNorm):
+    def lrn_forward(module: nn.LocalResponseNorm) -> Callable[[torch.Tensor], torch.Tensor]:
         def forward(x: torch.Tensor) -> torch.Tensor:
             if x.dim() != 4:
                 return F.local_response_norm(x, module.size, module.alpha, module.beta, module.k)
             return local_response_norm(x, module.size, module.alpha, module.beta, module.k)
         return forward
 
-    try:
-        for module in patched:
-            module.forward = forward_of(module)
-        yield len(patched)
-    finally:
-        for module in patched:
-            module.__dict__.pop("forward", None)
+    def conv_forward(conv: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if _onednn(conv, x):
+                return _Conv.apply(x, conv.weight, conv.bias, conv, False)
+            return conv._conv_forward(x, conv.weight, conv.bias)
+        return forward
+
+    forwards = {module: lrn_forward(module) for module in model.modules() if type(module) is nn.LocalResponseNorm}
+    forwards |= {module: conv_forward(module) for module in model.modules()
+                 if type(module) is nn.Conv2d and _space_to_depth_ok(module)}
+    with _instance_forwards(forwards):
+        yield len(forwards)
 
 
-class _ConvReLU(torch.autograd.Function):
+class _Conv(torch.autograd.Function):
+    """``conv`` as one oneDNN call, followed by ReLU when ``relu`` (fused), with a faster input gradient for `_space_to_depth_ok` layers."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.Conv2d) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.Conv2d, relu: bool) -> torch.Tensor:
         out = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-                                                      "relu", [], "")
-        ctx.save_for_backward(x, weight, out)
-        ctx.conv, ctx.has_bias = conv, bias is not None
+                                                      "relu" if relu else "none", [], "")
+        ctx.save_for_backward(x, weight, out if relu else None)
+        ctx.conv, ctx.has_bias, ctx.relu = conv, bias is not None, relu
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight, out = ctx.saved_tensors
         conv = ctx.conv
-        grad = torch.ops.aten.threshold_backward(grad, out, 0)
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
         if mask == [True, False, False] and _space_to_depth_ok(conv):
-            return _input_grad_space_to_depth(grad, x, weight, conv), None, None, None
+            return _input_grad_space_to_depth(grad, x, weight, conv), None, None, None, None
         dx, dw, db = torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]] if ctx.has_bias else None,
                                                          conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups, mask)
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
 def _space_to_depth_ok(conv: nn.Conv2d) -> bool:
@@ -143,10 +151,33 @@ def _input_grad_space_to_depth(grad: torch.Tensor, x: torch.Tensor, weight: torc
     return padded[..., ph : ph + h, pw : pw + w].contiguous(memory_format=torch.channels_last)
 
 
-def _fusable(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether `_Conv` can run ``conv`` on ``x``."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4 and torch.backends.mkldnn.is_available()
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and not conv._forward_hooks
-            and not conv._forward_pre_hooks and not nn.modules.module._global_forward_hooks)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+def _fusable(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv``'s output may skip its ReLU module: nobody hooks the pre-activation."""
+    return (_onednn(conv, x) and not conv._forward_hooks and not conv._forward_pre_hooks
+            and not nn.modules.module._global_forward_hooks)
+
+
+@contextlib.contextmanager
+def _instance_forwards(forwards: dict[nn.Module, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Each module's ``forward`` shadowed by an instance attribute for the block; whatever instance
+    ``forward`` it had before (another stand-in's) is put back on exit, whatever happens."""
+    before = {module: module.__dict__.get("forward") for module in forwards}
+    try:
+        for module, forward in forwards.items():
+            module.forward = forward
+        yield
+    finally:
+        for module, previous in before.items():
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
 
 
 @contextlib.contextmanager
@@ -154,29 +185,27 @@ def fused_conv_relus(model: nn.Module) -> Iterator[int]:
     """Within the block, ``Conv2d`` + ``ReLU`` pairs of an ``nn.Sequential`` run fused; yields how many pairs.
 
     The convolution's ``forward`` returns the fused result and the ReLU's passes exactly that tensor
-    through (anything else it still rectifies); both instance attributes are removed on exit.
+    through (anything else it still rectifies); on exit both modules get back the ``forward`` they had.
     """
     pairs = [(first, second) for module in model.modules() if isinstance(module, nn.Sequential)
              for first, second in zip(module, list(module)[1:]) if type(first) is nn.Conv2d and type(second) is nn.ReLU]
+    forwards: dict[nn.Module, Callable[[torch.Tensor], torch.Tensor]] = {}
 
     def patch(conv: nn.Conv2d, relu: nn.ReLU) -> None:
         fused: list[torch.Tensor | None] = [None]
+        unfused = conv.forward  # the class's, or fast_layers' stand-in
 
         def conv_forward(x: torch.Tensor) -> torch.Tensor:
-            fused[0] = _ConvReLU.apply(x, conv.weight, conv.bias, conv) if _fusable(conv, x) else None
-            return conv._conv_forward(x, conv.weight, conv.bias) if fused[0] is None else fused[0]
+            fused[0] = _Conv.apply(x, conv.weight, conv.bias, conv, True) if _fusable(conv, x) else None
+            return unfused(x) if fused[0] is None else fused[0]
 
         def relu_forward(x: torch.Tensor) -> torch.Tensor:
             done, fused[0] = fused[0] is x, None
             return x if done else F.relu(x)
 
-        conv.forward, relu.forward = conv_forward, relu_forward
+        forwards[conv], forwards[relu] = conv_forward, relu_forward
 
-    try:
-        for conv, relu in pairs:
-            patch(conv, relu)
+    for conv, relu in pairs:
+        patch(conv, relu)
+    with _instance_forwards(forwards):
         yield len(pairs)
-    finally:
-        for conv, relu in pairs:
-            conv.__dict__.pop("forward", None)
-            relu.__dict__.pop("forward", None)

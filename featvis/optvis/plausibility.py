@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import FeatvisModel, as_model
+from .fast_layers import fast_layers
 from .natural import CHUNK, photo_crops, read_stored, store
 
 K = 5
@@ -29,15 +30,21 @@ _NATURAL: "weakref.WeakKeyDictionary[FeatvisModel, dict[int, torch.Tensor]]" = w
 
 @torch.no_grad()
 def deep_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """[N, D] features of ``images`` ([N, 3, H, W] in [0, 1], resized to the model's input size)."""
+    """[N, D] features of ``images`` ([N, 3, H, W] in [0, 1], resized to the model's input size).
+
+    Run channels-last with `fast_layers`' stand-ins, as rendering runs the model: on GoogLeNet
+    about half the time of the plain forward pass (its max pools and LRNs), same values.
+    """
     model = as_model(model)
     size = model.input_size
     x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = x.contiguous(memory_format=torch.channels_last)
     linears = [m for m in model.net.modules() if isinstance(m, nn.Linear)]
     captured: list[torch.Tensor] = []
     handle = linears[-1].register_forward_pre_hook(lambda m, args: captured.append(args[0].flatten(1))) if linears else None
     try:
-        outputs = [model(x[i : i + CHUNK].to(model.mean.device)).flatten(1) for i in range(0, len(x), CHUNK)]
+        with fast_layers(model):
+            outputs = [model(x[i : i + CHUNK].to(model.mean.device)).flatten(1) for i in range(0, len(x), CHUNK)]
     finally:
         if handle is not None:
             handle.remove()

@@ -38,7 +38,9 @@ class RedirectedReLU(torch.autograd.Function):
         relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # grad * [x > 0]
         if x.dim() < 2:
             return relu_grad if bool(relu_grad.any()) else grad.masked_fill((x < 0) & (grad > 0), 0)
-        dead = ~relu_grad.any(dim=tuple(range(1, x.dim())))
+        dims = tuple(range(1, x.dim()))
+        # all zero, per element: amax and amin are vectorised, several times faster than any()
+        dead = (relu_grad.amax(dim=dims) == 0) & (relu_grad.amin(dim=dims) == 0)
         for b in dead.nonzero().flatten().tolist():
             relu_grad[b] = grad[b].masked_fill((x[b] < 0) & (grad[b] > 0), 0)
         return relu_grad

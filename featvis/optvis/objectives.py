@@ -33,13 +33,21 @@ class Objective:
 
     ``checks`` are callables given the layer shapes at the rendering scale, raising FeatvisError
     when a channel or position does not exist, so mistakes surface before any optimisation.
+    ``channels`` declares, for some of ``layers``, the only channels ``fn`` reads there (a layer
+    not in it may be read whole); rendering then computes only the branches of a concatenating
+    block that hold them (`featvis.optvis.pruning`). Declare no more than is true.
     """
 
     def __init__(self, fn: Callable[[Acts], torch.Tensor], name: str, layers: Iterable[str] = (), span: int = 1,
-                 checks: Sequence[Callable[[Shapes], None]] = ()):
+                 checks: Sequence[Callable[[Shapes], None]] = (), channels: Mapping[str, Iterable[int]] | None = None):
         self.fn, self.name, self.span = fn, name, span
         self.layers = tuple(dict.fromkeys(layers))
         self.checks = tuple(checks)
+        self.channels = {layer: frozenset(read) for layer, read in (channels or {}).items() if layer in self.layers}
+
+    def reads(self, layer: str) -> frozenset[int] | None:
+        """The channels of ``layer`` this objective reads: a declared set, or None for any."""
+        return self.channels.get(layer) if layer in self.layers else frozenset()
 
     def __call__(self, acts: Acts) -> torch.Tensor:
         return self.fn(acts)
@@ -54,9 +62,11 @@ class Objective:
     def _join(self, other: "Objective | float", op: Callable, symbol: str) -> "Objective":
         if not isinstance(other, Objective):
             value = float(other)
-            return Objective(lambda acts: op(self(acts), value), f"{_paren(self)} {symbol} {value:g}", self.layers, self.span, self.checks)
+            return Objective(lambda acts: op(self(acts), value), f"{_paren(self)} {symbol} {value:g}", self.layers, self.span,
+                             self.checks, self.channels)
         return Objective(lambda acts: op(self(acts), other(acts)), f"{_paren(self)} {symbol} {_paren(other)}",
-                         self.layers + other.layers, max(self.span, other.span), self.checks + other.checks)
+                         self.layers + other.layers, max(self.span, other.span), self.checks + other.checks,
+                         _read_by_both(self, other))
 
     def __add__(self, other: "Objective | float") -> "Objective":
         return self._join(other, torch.add, "+")
@@ -77,11 +87,18 @@ class Objective:
         return -self + other
 
     def __neg__(self) -> "Objective":
-        return Objective(lambda acts: -self(acts), f"-{_paren(self)}", self.layers, self.span, self.checks)
+        return Objective(lambda acts: -self(acts), f"-{_paren(self)}", self.layers, self.span, self.checks, self.channels)
 
     def __rmul__(self, other: float) -> "Objective":
         value = float(other)
-        return Objective(lambda acts: self(acts) * value, f"{value:g}*{_paren(self)}", self.layers, self.span, self.checks)
+        return Objective(lambda acts: self(acts) * value, f"{value:g}*{_paren(self)}", self.layers, self.span, self.checks,
+                         self.channels)
+
+
+def _read_by_both(a: Objective, b: Objective) -> dict[str, frozenset[int]]:
+    """The channels two objectives read together: the union where both declare theirs."""
+    reads = {layer: (a.reads(layer), b.reads(layer)) for layer in dict.fromkeys(a.layers + b.layers)}
+    return {layer: x | y for layer, (x, y) in reads.items() if x is not None and y is not None}
 
 
 def _paren(objective: Objective) -> str:
@@ -93,10 +110,12 @@ def _batch_size(acts: Acts) -> int:
 
 
 def _term(layer: str, score: Callable[[torch.Tensor], torch.Tensor], name: str, batch: int | None,
-          checks: Sequence[Callable[[Shapes], None]] = ()) -> Objective:
-    """An objective scoring each image by ``score(acts[layer])``, or only image ``batch``."""
+          checks: Sequence[Callable[[Shapes], None]] = (), channel: int | None = None) -> Objective:
+    """An objective scoring each image by ``score(acts[layer])``, or only image ``batch``;
+    ``channel``: the only channel ``score`` reads, if one."""
+    channels = {layer: [channel]} if channel is not None else None
     if batch is None:
-        return Objective(lambda acts: score(acts[layer]), name, [layer], 1, checks)
+        return Objective(lambda acts: score(acts[layer]), name, [layer], 1, checks, channels)
     if batch < 0:
         raise FeatvisError(f"batch index {batch} is negative; use 0 for the first image of the objective")
 
@@ -104,7 +123,7 @@ def _term(layer: str, score: Callable[[torch.Tensor], torch.Tensor], name: str, 
         t = acts[layer]
         return F.pad(score(t[batch : batch + 1]), (batch, t.shape[0] - batch - 1))
 
-    return Objective(fn, f"{name}[{batch}]", [layer], batch + 1, checks)
+    return Objective(fn, f"{name}[{batch}]", [layer], batch + 1, checks, channels)
 
 
 def _check_channel(layer: str, n: int) -> Callable[[Shapes], None]:
@@ -133,14 +152,14 @@ def _centre(t: torch.Tensor, y: int | None, x: int | None) -> torch.Tensor:
 
 def channel(layer: str, n: int, batch: int | None = None) -> Objective:
     """Mean activation of channel ``n`` over all positions (a logit for a [B, classes] layer)."""
-    return _term(layer, lambda t: t[:, n].reshape(t.shape[0], -1).mean(1), f"{layer}:{n}", batch, [_check_channel(layer, n)])
+    return _term(layer, lambda t: t[:, n].reshape(t.shape[0], -1).mean(1), f"{layer}:{n}", batch, [_check_channel(layer, n)], n)
 
 
 def neuron(layer: str, n: int, y: int | None = None, x: int | None = None, batch: int | None = None) -> Objective:
     """Activation of channel ``n`` at row ``y``, column ``x`` of the map (the centre by default)."""
     where = "" if y is None and x is None else f"@{y},{x}"
     return _term(layer, lambda t: _centre(t, y, x)[:, n], f"{layer}:{n}{where or '@center'}", batch,
-                 [_check_channel(layer, n), _check_position(layer, y, x)])
+                 [_check_channel(layer, n), _check_position(layer, y, x)], n)
 
 
 def deepdream(layer: str, batch: int | None = None) -> Objective:
@@ -242,7 +261,8 @@ def interpolate(a: Objective, b: Objective, images: int = 5) -> Objective:
         w = torch.linspace(0, 1, _batch_size(acts)).to(next(iter(acts.values())))
         return (1 - w) * a(acts) + w * b(acts)
 
-    return Objective(fn, f"interpolate({a.name}, {b.name})", a.layers + b.layers, max(images, a.span, b.span), a.checks + b.checks)
+    return Objective(fn, f"interpolate({a.name}, {b.name})", a.layers + b.layers, max(images, a.span, b.span), a.checks + b.checks,
+                     _read_by_both(a, b))
 
 
 def alignment(layer: str, decay_ratio: float = 2.0) -> Objective:

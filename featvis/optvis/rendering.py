@@ -8,7 +8,8 @@ redirected-ReLU gradient so that channels dead for a noise start still get a pic
 
 Speed: Adam is featvis's own (`adam`: no torch._dynamo import), freed activations stay in the
 process between steps (`featvis.heap`), the model runs channels-last, with slow layers replaced
-by exact faster stand-ins (`fast_layers`), conv + ReLU pairs fused after the redirected steps and, with
+by exact faster stand-ins (`fast_layers`), a concatenating block computes only the branches the
+objectives read (`pruning`), conv + ReLU pairs are fused after the redirected steps and, with
 ``precision="auto"`` on a CPU with AMX, its weights and activations in bfloat16 (the image,
 its transforms, the objectives and the final measurement stay float32).
 
@@ -53,6 +54,7 @@ from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
 from .param import make_param
 from .plausibility import plausibility
+from .pruning import assemble, probed_layers, prune
 from .redirected_relu import REDIRECT_STEPS, redirected_relus
 from .spec import layer_shapes, parse_spec
 
@@ -310,10 +312,11 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
     kept: dict[int, torch.Tensor] = {}
     done, interrupted = 0, False
 
-    probing = Probe(model, layers, early_exit=True, detach=False) if layers else contextlib.nullcontext()
+    pruned = prune(model, layers, [objective for objective, _ in chunk] + list(penalties.values()), scale)
+    probing = Probe(model, probed_layers(layers, pruned), early_exit=True, detach=False) if layers else contextlib.nullcontext()
     with fast_layers(model), probing as probe:
         def activations(images: torch.Tensor, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-            acts = probe(x.to(dtype, memory_format=torch.channels_last)) if layers else {}
+            acts = assemble(probe(x.to(dtype, memory_format=torch.channels_last)), layers, pruned) if layers else {}
             return {**{k: v.float() for k, v in acts.items()}, INPUT: images}
 
         def place(images: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:

@@ -85,7 +85,7 @@ def test_fast_local_response_norm_equals_pytorch():
     x = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
     with fast_layers(net) as count:
         fast = net(x)
-        assert count == 1 and fast.grad_fn.name() == "_LocalResponseNormBackward"
+        assert count == 2 and fast.grad_fn.name() == "_LocalResponseNormBackward"  # the LRN and the convolution
     assert torch.allclose(fast, net(x), atol=1e-6) and "forward" not in lrn.__dict__
 
 
@@ -129,21 +129,25 @@ def test_fused_conv_relu_equals_conv_then_relu_and_respects_probes():
     assert all("forward" not in m.__dict__ for m in net)
 
 
-def test_strided_rgb_convolution_stand_in_in_every_phase():
-    """fast_layers' stride-2 RGB convolution (space-to-depth input gradient) against PyTorch's conv,
+def test_convolution_stand_ins_in_every_phase():
+    """fast_layers' convolutions (the stride-2 RGB one with its space-to-depth input gradient) against PyTorch's,
     alone, under redirected ReLUs and under the fused pairs nested inside it, as render nests them;
     each block gives back exactly the forward it found."""
     torch.manual_seed(3)
-    first = nn.Conv2d(3, 8, 7, stride=2, padding=3)
-    net = nn.Sequential(first, nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.ReLU())
-    for p in net.parameters():
-        p.requires_grad_(False)
+    first, second = nn.Conv2d(3, 8, 7, stride=2, padding=3), nn.Conv2d(8, 6, 3, padding=2, dilation=2, groups=2, bias=False)
+    net = nn.Sequential(first, nn.ReLU(), second, nn.ReLU())
     x = torch.randn(2, 3, 37, 34).contiguous(memory_format=torch.channels_last).requires_grad_()
     expected = net(x)
     g = torch.randn_like(expected)
-    grad, = torch.autograd.grad(expected, x, g)
+    reference = torch.autograd.grad(expected, [x, first.weight, first.bias, second.weight], g)
+    with fast_layers(net):
+        ours = torch.autograd.grad(net(x), [x, first.weight, first.bias, second.weight], g)  # weight gradients too
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, reference))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    grad = reference[0]
     with fast_layers(net) as count:
-        assert count == 1 and "forward" in first.__dict__
+        assert count == 2 and "forward" in first.__dict__
         stand_in = first.__dict__["forward"]
         for phase in (contextlib.nullcontext, redirected_relus, fused_conv_relus):
             with phase(net):

@@ -4,8 +4,9 @@
 oneDNN convolution with the ReLU fused in (on CPU the separate ReLU pass costs up to half the
 convolution); the backward is ReLU's (zero where the output is zero) then the convolution's.
 Pairs whose convolution has hooks (a probed pre-activation) are left alone. For a stride-2 first
-layer the input gradient goes through the equivalent stride-1 convolution (space to depth), in
-every phase: `fast_layers` gives such a layer that gradient when it is not fused.
+layer the input gradient goes through the equivalent stride-1 convolution (space to depth).
+Convolutions not fused (redirected-ReLU steps, hooked ones) still run as one oneDNN call each
+under `fast_layers`.
 
 `fast_layers`: PyTorch's ``nn.LocalResponseNorm`` runs an ``avg_pool3d`` over a padded 5-D copy and about
 25 memory passes forward and backward; on GoogLeNet at 224 px it costs as much as all its
@@ -78,8 +79,10 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: f
 
 @contextlib.contextmanager
 def fast_layers(model: nn.Module) -> Iterator[int]:
-    """Within the block 4-D ``nn.LocalResponseNorm`` calls use `local_response_norm` and stride-2
-    convolutions of RGB (`_space_to_depth_ok`) get the faster input gradient; yields how many modules.
+    """Within the block 4-D ``nn.LocalResponseNorm`` calls use `local_response_norm` and every
+    ``nn.Conv2d`` oneDNN can run is one `_Conv` call (PyTorch's own path adds layout checks and
+    copies, about 7 ms per step on GoogLeNet; a stride-2 RGB layer also gets the faster input
+    gradient); yields how many modules.
 
     Like `redirected_relus`, only an instance ``forward`` is set and removed on exit.
     """
@@ -99,7 +102,7 @@ def fast_layers(model: nn.Module) -> Iterator[int]:
 
     forwards = {module: lrn_forward(module) for module in model.modules() if type(module) is nn.LocalResponseNorm}
     forwards |= {module: conv_forward(module) for module in model.modules()
-                 if type(module) is nn.Conv2d and _space_to_depth_ok(module)}
+                 if type(module) is nn.Conv2d}
     with _instance_forwards(forwards):
         yield len(forwards)
 

@@ -50,9 +50,10 @@ def _set(keep: bool) -> None:
 
 
 @contextlib.contextmanager
-def keep_freed_memory() -> Iterator[bool]:
+def keep_freed_memory(give_back: bool = True) -> Iterator[bool]:
     """Within the block (nestable, process-wide) freed memory is reused instead of returned to the
-    system; yields whether this C library allows it."""
+    system; yields whether this C library allows it. ``give_back=False`` on the outermost block
+    skips handing the free memory back at its end (tens of ms): for a process that ends there."""
     global _depth
     with _lock:
         _depth += 1
@@ -66,5 +67,5 @@ def keep_freed_memory() -> Iterator[bool]:
             if _depth == 0:
                 _set(keep=False)
                 libc = _glibc()
-                if libc is not None:
+                if libc is not None and give_back:
                     libc.malloc_trim(0)

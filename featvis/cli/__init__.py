@@ -47,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with routed_warnings():
             args = build_parser().parse_args(argv)  # argparse's --help/--version text stays on stdout
-            # a user model's prints go to stderr, never into --json output; freed tensors' memory is reused
-            with commands_own_stdout(), keep_freed_memory():
+            # a user model's prints go to stderr, never into --json output; freed tensors' memory is
+            # reused, and not handed back at the end: the process ends there
+            with commands_own_stdout(), keep_freed_memory(give_back=False):
                 return int(args.func(args) or 0)
     except FeatvisError as exc:
         print(f"featvis: error: {exc}", file=sys.stderr)

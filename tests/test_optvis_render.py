@@ -145,6 +145,19 @@ def test_a_batch_renders_what_separate_renders_do():
     assert all(torch.allclose(a.image, b.image, atol=1e-4) for a, b in zip(together, split))
 
 
+def test_an_image_does_not_depend_on_its_batch_bit_for_bit():
+    """Through both phases (redirected ReLUs, then fused pairs) of a net whose stride-2 RGB layer
+    takes the space-to-depth input gradient: the gallery remakes single images and expects the same bytes."""
+    torch.manual_seed(4)
+    net = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 6, 5, stride=2, padding=2), relu1=nn.ReLU(),
+                                    conv2=nn.Conv2d(6, 5, 3, padding=1), relu2=nn.ReLU()))
+    model = featvis.as_model(net, input_size=32)
+    steps = rendering.REDIRECT_STEPS + 4
+    together = render(model, ["relu2:0", "relu2:1", "relu2:3"], steps=steps, size=32, progress=False, natural=False)
+    (alone,) = render(model, ["relu2:1"], steps=steps, size=32, progress=False, natural=False)
+    assert torch.equal(together[1].image, alone.image) and together[1].activation == alone.activation
+
+
 def test_ctrl_c_returns_the_images_so_far():
     model = _small_model()
     calls = []

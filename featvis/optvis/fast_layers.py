@@ -143,12 +143,15 @@ def _input_grad_space_to_depth(grad: torch.Tensor, x: torch.Tensor, weight: torc
     Padding the kernel to even size and moving each 2x2 pixel block into channels
     (``pixel_unshuffle``) turns the stride-2 convolution on C channels into a stride-1 one on 4C,
     whose transposed convolution oneDNN runs about twice as fast; ``pixel_shuffle`` moves the
-    gradient back to pixels. Exact up to float rounding order.
+    gradient back to pixels. Exact up to float rounding order. One image at a time: for small
+    images oneDNN's blocking (so its rounding) depends on the batch size, and an image's render
+    must not depend on what else is in its batch; at 224 px it is as fast as the whole batch.
     """
     kh, kw = weight.shape[-2:]
     even = F.pad(weight, (0, kw % 2, 0, kh % 2))
     blocks = F.pixel_unshuffle(even, 2).contiguous(memory_format=torch.channels_last)
-    padded = F.pixel_shuffle(F.conv_transpose2d(grad, blocks), 2)  # gradient w.r.t. the zero-padded input
+    transposed = torch.cat([F.conv_transpose2d(grad[i : i + 1], blocks) for i in range(grad.shape[0])])
+    padded = F.pixel_shuffle(transposed, 2)  # gradient w.r.t. the zero-padded input
     (ph, pw), (h, w) = conv.padding, x.shape[-2:]
     padded = F.pad(padded, (0, max(0, w + 2 * pw - padded.shape[-1]), 0, max(0, h + 2 * ph - padded.shape[-2])))
     return padded[..., ph : ph + h, pw : pw + w].contiguous(memory_format=torch.channels_last)

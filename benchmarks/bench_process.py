@@ -14,7 +14,7 @@ Runs alternate (featvis, Lucent, featvis, ...) so that load on a shared machine 
 the fastest of ``--repeats`` counts. Wall seconds and CPU seconds (the child's user + system time,
 all threads, which other processes disturb much less) are both printed, with their ratios.
 
-    python benchmarks/bench_process.py [--steps 64] [--repeats 2] [--precision float32] [--quick]
+    python benchmarks/bench_process.py [--steps 64] [--repeats 3] [--precision float32] [--quick]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def timed(argv: list[str]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=64, help="optimisation steps per image (default 64)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per side, the fastest counts (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side, the fastest counts (default 3)")
     parser.add_argument("--precision", default="float32", help="featvis --precision (default float32)")
     parser.add_argument("--quick", action="store_true", help="16 steps, one run per side (a smoke test, not the target)")
     args = parser.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -75,6 +76,9 @@ def test_one_png_grid_and_text_output(small, tmp_path, capsys):
     assert torch.all(grid[:, 20:, 20:] == 1.0)
     lines = out.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith("4:1: activation ") and lines[0].endswith("-> grid.png")
+    # a quick render says how long full quality would take, in seconds while under a minute and a half
+    estimate = re.search(r"a quick render \(2 steps, \d+ s\); for full quality use --steps 512 \(about (\d+) (s|min) here\)", err)
+    assert estimate and int(estimate[1]) > 0 and (estimate[2] == "min" or int(estimate[1]) < 90)
 
 
 def test_precision_flag_reaches_the_optimisation(small, tmp_path, capsys):

@@ -171,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
             if args.alpha:
                 save_image(result.alpha, alpha_path(path))
     if args.steps < FULL_STEPS and not interrupted and show_progress(args):
+        full = seconds * FULL_STEPS / args.steps
         print(f"featvis: a quick render ({args.steps} steps, {seconds:.0f} s); for full quality use --steps {FULL_STEPS} "
-              f"(about {seconds * FULL_STEPS / args.steps / 60:.0f} min here)", file=sys.stderr)
+              f"(about {f'{full:.0f} s' if full < 90 else f'{full / 60:.0f} min'} here)", file=sys.stderr)
     rows = [{"spec": spec, "path": str(path), "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio,
              "plausibility": r.plausibility, "steps": r.steps, "interrupted": r.interrupted}
             | ({"alpha": str(alpha_path(path))} if args.alpha else {}) | ({"distance": r.distance} if args.accentuate else {})

@@ -115,5 +115,5 @@ def print_json(obj: Any) -> None:
 def add_precision_arg(parser: argparse.ArgumentParser) -> None:
     """``--precision``, shared by the commands that optimise images (render, gallery)."""
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="the model's number format while optimising (default auto: bfloat16 on CPUs with AMX, "
+                        help="the model's number format while optimising (default auto: bfloat16 on CPUs with AMX or AVX512-BF16, "
                              "else float32; activations are always reported in float32)")

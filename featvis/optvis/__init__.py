@@ -1,7 +1,7 @@
 """Feature visualisation by activation maximisation (Olah, Mordvintsev & Schubert, Distill 2017).
 
 - `render(model, specs, ...)` -> list of `RenderResult` (image, activation, natural_max, ratio);
-  ``precision="auto"`` optimises in bfloat16 on CPUs with AMX (`compute_dtype`), else float32
+  ``precision="auto"`` optimises in bfloat16 on CPUs with AMX or AVX512-BF16 (`compute_dtype`), else float32
 - `parse_spec(model, "mixed4a:97")` -> `Objective` (grammar in `featvis.optvis.spec`)
 - objectives: `channel`, `neuron`, `deepdream`, `direction`, `direction_neuron`, `class_logit`,
   `diversity`, `caricature`, `interpolate`, `alignment`, penalties `l1`, `l2`,

@@ -39,6 +39,8 @@ def test_blocks_found_to_concatenate_their_children_and_no_others():
     assert concat_children(_net("reordered"), "1", 16) is None  # not in the order they run
     assert concat_children(_net("relu"), "1", 16) is None  # something after the concatenation
     assert concat_children(_net(), "0", 16) is None  # no children
+    joined = featvis.as_model(nn.Sequential(nn.Conv2d(3, 3, 1), Block()), input_size=16, concats={"both": ("1", "0")})
+    assert concat_children(joined, "1", 16) is not None and concat_children(joined, "both", 16) is None  # not block 1's
     sequential = featvis.as_model(nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())), input_size=8)
     assert concat_children(sequential, "0", 8) is None
     normed = featvis.as_model(nn.Sequential(nn.BatchNorm2d(3), Block()), input_size=16).train()

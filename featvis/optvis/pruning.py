@@ -8,7 +8,7 @@ concatenation along channels of some of its children, in the order they run (che
 model, layer and input size, bit for bit, on a random image), rendering probes only the
 children holding those channels (its early exit comes right after the last one) and puts zeros
 where the others' channels would be, which nothing reads. Scores, gradients and images are the
-same as without pruning (tested bit for bit); GoogLeNet's mixed4a:0..7 render about 7% faster.
+same as without pruning (tested bit for bit); GoogLeNet's mixed4a:0..7 render about 4% faster.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..model import FeatvisModel
 from ..probe import capture
 from .objectives import INPUT, Objective
 
-_CHILDREN: "weakref.WeakKeyDictionary[FeatvisModel, dict[tuple[str, int], tuple[tuple[str, int], ...] | None]]" = (
+_CHILDREN: "weakref.WeakKeyDictionary[FeatvisModel, dict[tuple[tuple[str, ...], int], tuple[tuple[str, int], ...] | None]]" = (
     weakref.WeakKeyDictionary())
 
 
@@ -43,11 +43,11 @@ class Pruned:
 def concat_children(model: FeatvisModel, layer: str, size: int) -> tuple[tuple[str, int], ...] | None:
     """The (child path, channels) whose outputs, concatenated along channels in the order the
     children run, are exactly ``layer``'s output at ``size`` px; None for any other layer."""
-    parts = model.parts(layer)
+    parts = model.parts(layer)  # by all its parts: a concat layer is not the module it starts with
     cache = _CHILDREN.setdefault(model, {})
-    if (parts[0], size) not in cache:
-        cache[(parts[0], size)] = _find_children(model, parts[0], size) if len(parts) == 1 else None
-    return cache[(parts[0], size)]
+    if (parts, size) not in cache:
+        cache[(parts, size)] = _find_children(model, parts[0], size) if len(parts) == 1 else None
+    return cache[(parts, size)]
 
 
 @torch.no_grad()

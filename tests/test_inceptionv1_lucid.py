@@ -1,5 +1,7 @@
-"""Lucid's InceptionV1 (inception5h): architecture against Lucent's module, TensorFlow's SAME rule and
-measurement; the loader on state dicts with the published key names and shapes; the 1008 labels."""
+"""Lucid's InceptionV1 (inception5h): the whole forward against one written here from TensorFlow's op
+definitions, the LRN against TensorFlow's formula, the architecture against Lucent's module (its LRN replaced),
+TensorFlow's SAME rule and measurement; the loader on state dicts with the published key names and shapes; the
+1008 labels."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1 as LucentIncepti
 import featvis
 from featvis.cli import main
 from featvis.labels import imagenet_synsets
-from featvis.models.inceptionv1_lucid import InceptionV1Lucid, SamePad
+from featvis.models.inceptionv1_lucid import InceptionV1Lucid, SamePad, lucid_state_dict
 from featvis.weights import WEIGHTS_ENV
 from test_receptive_field import check_against_measurement
 
@@ -28,12 +30,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tf_lrn(x: torch.Tensor, **_) -> torch.Tensor:
-    """tf.nn.local_response_normalization as documented: x / (bias + alpha * sum_{|c'-c|<=r} x^2)^beta
-    with inception5h's depth_radius 5, bias 2, alpha 1e-4, beta 0.5 (the arguments Lucent passes are ignored)."""
+    """tf.nn.local_response_normalization as TensorFlow documents it, channel by channel (TF's depth axis is
+    dim 1 here): sqr_sum[d] = sum(x[d - depth_radius : d + depth_radius + 1] ** 2), the slice clipped at the
+    ends; x / (bias + alpha * sqr_sum) ** beta, with the graph's depth_radius 5, bias 2, alpha 1e-4, beta 0.5
+    (the arguments Lucent passes are ignored)."""
     radius, bias, alpha, beta = 5, 2.0, 1e-4, 0.5
-    squares = F.pad(x * x, (0, 0, 0, 0, radius, radius))
-    window = sum(squares[:, i : i + x.shape[1]] for i in range(2 * radius + 1))
-    return x / (bias + alpha * window) ** beta
+    sqr_sum = torch.stack([(x[:, max(d - radius, 0) : d + radius + 1] ** 2).sum(1) for d in range(x.shape[1])], 1)
+    return x / (bias + alpha * sqr_sum) ** beta
 
 
 class _TensorFlowLRN:
@@ -138,6 +141,61 @@ def test_stride2_max_pools_are_tensorflow_same_and_ignore_their_padding(size):
     start = 2 * (out - 1) - before  # the last window, in the unpadded image (it runs past the edge)
     torch.testing.assert_close(y[0, :, -1, -1], x[0, :, start:, start:].amax((1, 2)))
     torch.testing.assert_close(y[0, :, 0, 0], x[0, :, : 3 - before, : 3 - before].amax((1, 2)))
+
+
+def test_lrn_is_tensorflows_formula_with_the_graphs_attributes():
+    """Both LRN modules against the TF definition, in float64, on values large enough that alpha * sqr_sum
+    is of the order of the bias (a wrong window, alpha or bias shows)."""
+    x = 40 * torch.randn(2, 24, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    net = InceptionV1Lucid().double()
+    for lrn in (net.localresponsenorm0, net.localresponsenorm1):
+        torch.testing.assert_close(lrn(x), tf_lrn(x), rtol=1e-12, atol=0)
+    lucents = F.local_response_norm(x, size=9, alpha=9.99999974738e-05, beta=0.5, k=1)  # Lucent 0.1.8's call
+    assert float(((lucents - tf_lrn(x)) / tf_lrn(x)).abs().max()) > 0.3  # not the graph's op
+
+
+def tf_conv(x: torch.Tensor, state: dict[str, torch.Tensor], node: str, stride: int = 1) -> torch.Tensor:
+    """``node``'s Conv2D + BiasAdd with SAME padding: ``tf_same``'s zeros before and after on each axis."""
+    weight, bias = state[f"{node}_pre_relu_conv.weight"], state[f"{node}_pre_relu_conv.bias"]
+    (_, top, bottom), (_, left, right) = (tf_same(x.shape[axis], weight.shape[axis], stride) for axis in (-2, -1))
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, stride)
+
+
+def tf_max_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """A 3x3 MaxPool with SAME padding: each output the max over its window's cells inside the input."""
+    (rows, top, _), (cols, left, _) = (tf_same(x.shape[axis], 3, stride) for axis in (-2, -1))
+    starts = [(i * stride - top, j * stride - left) for i in range(rows) for j in range(cols)]
+    windows = [x[..., max(r, 0) : r + 3, max(c, 0) : c + 3].amax((-2, -1)) for r, c in starts]
+    return torch.stack(windows, -1).unflatten(-1, (rows, cols))
+
+
+def tf_graph_logits(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """inception5h's softmax2_pre_activation, node by node from TensorFlow's op definitions (Lucent's key names)."""
+    x = tf_lrn(tf_max_pool(F.relu(tf_conv(x, state, "conv2d0", stride=2)), 2))  # conv2d0, maxpool0, localresponsenorm0
+    x = tf_max_pool(tf_lrn(F.relu(tf_conv(F.relu(tf_conv(x, state, "conv2d1")), state, "conv2d2"))), 2)
+    for block in BLOCKS:
+        if block in ("4a", "5a"):
+            x = tf_max_pool(x, 2)  # maxpool4, maxpool10
+        name = f"mixed{block}"
+        x = torch.cat([
+            F.relu(tf_conv(x, state, f"{name}_1x1")),
+            F.relu(tf_conv(F.relu(tf_conv(x, state, f"{name}_3x3_bottleneck")), state, f"{name}_3x3")),
+            F.relu(tf_conv(F.relu(tf_conv(x, state, f"{name}_5x5_bottleneck")), state, f"{name}_5x5")),
+            F.relu(tf_conv(tf_max_pool(x, 1), state, f"{name}_pool_reduce")),
+        ], 1)  # ConcatV2 on the depth axis
+    pooled = x.mean((-2, -1))  # avgpool0: at 224 a 7x7 VALID average over the whole 7x7 map
+    return pooled @ state["softmax2_pre_activation_matmul.weight"].T + state["softmax2_pre_activation_matmul.bias"]
+
+
+@pytest.mark.parametrize("size", [64, 67])  # even: asymmetric SAME pads at every stride-2 layer; odd: a mix
+def test_whole_forward_is_the_graph_computed_from_tensorflows_definitions(lucent_state, size):
+    state = {key: value.double() for key, value in lucent_state.items()}
+    net = InceptionV1Lucid().double().eval()
+    net.load_state_dict(lucid_state_dict(state, "random weights"))
+    x = torch.rand(1, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 255 - 117
+    with torch.no_grad():
+        expected = tf_graph_logits(state, x)
+        torch.testing.assert_close(net(x), expected, rtol=1e-9, atol=1e-9 * float(expected.abs().max()))
 
 
 def test_every_layer_receptive_field_matches_measurement():

@@ -13,8 +13,7 @@ all reproduced here:
   ``maxpool10``) that is asymmetric and depends on the input size, so `SamePad` computes it
   per call; stride-1 odd windows get the symmetric (k-1)/2, a plain ``padding=``. Max pools
   pad with -inf (TensorFlow ignores padded cells), convolutions with zeros;
-- LRN as in the graph (depth_radius 5, bias 2, alpha 1e-4, beta 0.5; TensorFlow does not divide
-  alpha by the window as PyTorch does, hence ``alpha=11e-4`` for the 11-channel window);
+- LRN as in the graph: TensorFlow ``LRN`` ops with depth_radius 5, bias 2, alpha 1e-4, beta 0.5 (see below);
 - input RGB, 0-255 minus 117 (Lucid's ``image_value_range = (-117, 138)``).
 
 Modules are named as Lucid's graph nodes (``conv2d0``, ``maxpool0``, ``localresponsenorm0``,
@@ -22,6 +21,19 @@ Modules are named as Lucid's graph nodes (``conv2d0``, ``maxpool0``, ``localresp
 BVLC module's ``Inception`` layout, and `LUCID_ALIASES` names them as Lucid does
 (``mixed4a_3x3_bottleneck``, ``mixed4a_5x5_pre_relu``, ...). The concatenated pre-activations
 (``mixed4a_pre_relu``) are `LUCID_CONCATS`.
+
+LRN, from the sources: the graph's nodes ``localresponsenorm0``/``1`` (dumped from Lucid's
+``InceptionV1.pb`` in github.com/greentfrapp/lucent/pull/51) carry depth_radius 5, bias 2.0, alpha
+9.9999997e-05 (1e-4 in float32), beta 0.5. TensorFlow's op (tf.nn.local_response_normalization's
+documentation) is x / (bias + alpha * sum(x[d - r : d + r + 1] ** 2)) ** beta, a sum over 11 channels;
+PyTorch's ``LocalResponseNorm(size, alpha, beta, k)`` divides alpha by ``size`` (an average, zero-padded), so
+the graph's op is ``LocalResponseNorm(11, alpha=11e-4, beta=0.5, k=2.0)``, as captum's optim branch also has
+it (captum/optim/models/_image/inception_v1.py: ``lrn_vals = (11, 0.0011, 0.5, 2.0)``). Lucent's InceptionV1
+(torch-lucent 0.1.8, lucent/modelzoo/inceptionv1/InceptionV1.py, with the same call as the conversion it came
+from, github.com/ProGamerGov/pytorch-old-tensorflow-models/inception5h.py) runs ``F.local_response_norm(size=9,
+alpha=9.99999974738e-05, beta=0.5, k=1)``: a 9-channel window, alpha / 9 and bias 1, not the graph's op, so
+its activations differ from these from ``localresponsenorm0`` on (mixed3a by about 70% of its range on
+random weights; the PR above proposes the fix).
 
 Weights: the graph converted to a PyTorch state dict, ``inception5h.pth``, as published by
 Lucent (keys like ``mixed4a_3x3_pre_relu_conv.weight``) and by captum's optim branch (keys like
@@ -83,7 +95,7 @@ class StridedConvReLU(nn.Sequential):
 
 
 def _lrn() -> nn.LocalResponseNorm:
-    # TF: x / (bias + alpha * sum over c-5..c+5 of x^2)^beta; PyTorch divides alpha by the window (11)
+    """The graph's LRN (depth_radius 5, bias 2, alpha 1e-4, beta 0.5); PyTorch divides alpha by the window (11)."""
     return nn.LocalResponseNorm(11, alpha=11e-4, beta=0.5, k=2.0)
 
 

@@ -98,12 +98,15 @@ class FeatvisModel(nn.Module):
     def resolve(self, layer: str) -> str:
         """The module path for a layer name or alias; unknown names list the closest valid ones.
 
-        A concat layer has no single module: it is refused with the names of its parts.
+        A concat layer has no single module: it is refused with the names of its parts. A path written
+        from the wrapper (``net.`` + a module path of the user's network, as ``FeatvisModel.net`` holds it) is that path.
         """
         if layer in self._paths:
             return layer
         if layer in self.aliases:
             return self.aliases[layer]
+        if layer.startswith("net.") and layer[4:] in self._paths:
+            return layer[4:]
         if layer in self.concats:
             parts = self.concats[layer]
             example = (self.aliases_of(parts[0]) or [parts[0]])[0]

@@ -40,7 +40,8 @@ def test_out_dir_json_and_thresholds(inceptionv1, tmp_path, capsys):
                         "--size", "40", "--thresholds", "2", "--out-dir", str(tmp_path / "out"), "--json")
     rows = json.loads(out)
     assert code == 0 and [row["spec"] for row in rows] == ["mixed3a:1", "-mixed3a:1", "mixed3a:1@5,5"]
-    assert all(set(row) == {"spec", "path", "activation", "natural_max", "ratio", "plausibility", "steps", "interrupted"} for row in rows)
+    assert all(set(row) == {"spec", "path", "activation", "natural_max", "ratio", "plausibility", "steps", "interrupted", "precision"}
+               and row["precision"] in {"float32", "bfloat16"} for row in rows)
     assert all(row["steps"] == 4 and row["interrupted"] is False for row in rows)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["mixed3a_1-step2.png", "mixed3a_1.png", "mixed3a_1_5_5-step2.png", "mixed3a_1_5_5.png",

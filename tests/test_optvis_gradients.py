@@ -49,6 +49,36 @@ def test_redirected_gradient_pushes_dead_units_up():
     assert (x.grad == 0).all()
 
 
+def _lucid_relu6_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Lucid's ``redirected_relu6_grad`` (tensorflow/lucid, lucid/misc/redirected_relu_grad.py), line by line."""
+    relu6_grad = torch.where((x < 6.0) & (x > 0.0), grad, torch.zeros_like(grad))
+    neg_pushing_lower = (x < 0.0) & (grad > 0.0)
+    pos_pushing_higher = (x > 6.0) & (grad < 0.0)
+    redirected_grad = torch.where(neg_pushing_lower | pos_pushing_higher, torch.zeros_like(grad), grad)
+    relu_grad_mag = relu6_grad.reshape(x.shape[0], -1).norm(dim=1)
+    return torch.where((relu_grad_mag > 0.0).view(-1, 1, 1, 1), relu6_grad, redirected_grad)
+
+
+def test_relu6_modules_get_lucids_redirected_relu6_gradient():
+    """EfficientNet-Lite's and MobileNet's nn.ReLU6: element 0 partly in range, element 1 all below 0,
+    element 2 all above 6 (both dead: the ordinary gradient vanishes)."""
+    torch.manual_seed(2)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64) * 4 + 3
+    x[1] = -x[1].abs() - 0.1
+    x[2] = x[2].abs() + 6.1
+    x.requires_grad_()
+    grad = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    net = nn.Sequential(nn.ReLU6())
+    with redirected_relus(net) as count:
+        y = net(x)
+        (got,) = torch.autograd.grad(y, x, grad)
+    assert count == 1 and torch.equal(y, torch.nn.functional.relu6(x))
+    assert torch.equal(got, _lucid_relu6_grad(x.detach(), grad))
+    assert (got[1] != 0).any() and (got[2] != 0).any()  # the dead elements still get a push
+    (plain,) = torch.autograd.grad(net(x), x, grad)
+    assert (plain[1] == 0).all() and (plain[2] == 0).all() and "forward" not in net[0].__dict__
+
+
 def test_relu_modules_are_patched_only_inside_the_block():
     relu = nn.ReLU()
     hits = []
@@ -105,7 +135,9 @@ def test_fused_conv_relu_equals_conv_then_relu_and_respects_probes():
             fused_grad, = torch.autograd.grad(got, x, g)
             assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvBackward"
         assert torch.allclose(got, expected, atol=1e-6) and torch.allclose(fused_grad, grad, atol=1e-6)
-    # bfloat16: the fused layer equals the float32 reference to bfloat16's precision
+    # bfloat16: the fused layer equals the float32 reference to bfloat16's precision; oneDNN fuses
+    # where the CPU has its bfloat16 convolution (AVX512BW/VL/DQ or AVX-NE-CONVERT), PyTorch's path runs it elsewhere
+    onednn = "_ConvBackward" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "ReluBackward0"
     x = torch.randn(2, 3, 33, 30).contiguous(memory_format=torch.channels_last).requires_grad_()
     expected = net(x)
     g = torch.randn_like(expected)
@@ -115,7 +147,7 @@ def test_fused_conv_relu_equals_conv_then_relu_and_respects_probes():
     with fused_conv_relus(half) as pairs:
         got = half(xh)
         fused_grad, = torch.autograd.grad(got, xh, g.to(torch.bfloat16))
-        assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == "_ConvBackward"
+        assert pairs == 2 and got.grad_fn.next_functions[0][0].name() == onednn
     assert (got.float() - expected).abs().max() < 0.05 * expected.abs().max()
     assert (fused_grad.float() - grad).abs().max() < 0.05 * grad.abs().max()
     seen = []

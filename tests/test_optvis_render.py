@@ -17,6 +17,7 @@ from featvis.errors import FeatvisError
 from featvis.images import png_bytes
 from featvis.optvis import Objective, channel, diversity, natural_max, render
 from featvis.optvis.fast_layers import fast_layers
+from featvis.optvis.precision import frozen
 from featvis.optvis.transforms import resize
 
 rendering = __import__("featvis.optvis.rendering", fromlist=["REDIRECT_STEPS"])
@@ -56,8 +57,11 @@ def test_channel_dead_for_a_noise_start_still_gets_a_picture(inceptionv1, monkey
     assert _channel_mean(inceptionv1, result.images[0], "mixed4a", 0, 224) == 0.0
     assert result.activation > 1.0 and result.image.std() > 0.05
     monkeypatch.setattr(rendering, "REDIRECT_STEPS", 0)
-    (plain,) = render(inceptionv1, ["mixed4a:0"], steps=24, size=48, progress=False, natural=False)
+    (plain,) = render(inceptionv1, ["mixed4a:0"], steps=24, size=48, progress=False, natural=False, strict=False)
     assert plain.activation == 0.0 and plain.image.std() < 0.02  # the flat grey image Lucent returns
+    assert plain.unmoved.startswith("mixed4a:0: the objective never moved from 0 in 24 steps") and result.unmoved is None
+    with pytest.raises(FeatvisError, match=r"^mixed4a:0: the objective never moved .* through mixed4a \(a unit that never fires"):
+        render(inceptionv1, ["mixed4a:0"], steps=24, size=48, progress=False, natural=False)
 
 
 def test_negative_visualization_needs_the_pre_relu_concat(inceptionv1):
@@ -73,9 +77,9 @@ def test_dead_channel_of_a_small_model(monkeypatch):
     model = _small_model()
     (rescued,) = render(model, ["relu2:5"], steps=30, size=32, progress=False, natural=False)
     monkeypatch.setattr(rendering, "REDIRECT_STEPS", 0)
-    (flat,) = render(model, ["relu2:5"], steps=30, size=32, progress=False, natural=False)
+    (flat,) = render(model, ["relu2:5"], steps=30, size=32, progress=False, natural=False, strict=False)
     assert rescued.activation > 0 and rescued.image.std() > 0.05
-    assert flat.activation == 0 and flat.image.std() < 0.01
+    assert flat.activation == 0 and flat.image.std() < 0.01 and "relu2:5" in flat.unmoved
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
@@ -100,7 +104,7 @@ def test_bfloat16_follows_the_float32_gradient_and_reports_float32_activations(i
     x = resize(coffee[None], 224).requires_grad_()
     grads = []
     for dtype in (torch.float32, torch.bfloat16):
-        with rendering._frozen(inceptionv1, dtype), fast_layers(inceptionv1):  # torch's own LRN has no bfloat16 CPU kernel
+        with frozen(inceptionv1, dtype), fast_layers(inceptionv1):  # torch's own LRN has no bfloat16 CPU kernel
             acts = featvis.capture(inceptionv1, x.to(dtype), ["mixed4a"], detach=False)
             grads.append(torch.autograd.grad(acts["mixed4a"][:, 97].float().mean(), x)[0].flatten())
     assert torch.cosine_similarity(*grads, dim=0) > 0.9
@@ -141,12 +145,14 @@ def test_precision_choices_and_models_without_bfloat16_kernels():
 def test_a_batch_renders_what_separate_renders_do():
     model = _small_model()
     specs = ["relu2:0", "relu2:3", "conv2:1@4,4", "-relu2:2"]
-    together = render(model, specs, steps=12, size=32, progress=False, natural=False)
+    kwargs = dict(steps=12, size=32, progress=False, natural=False, strict=False)  # -relu2:2 sits at its floor, 0
+    together = render(model, specs, **kwargs)
     for spec, result in zip(specs, together):
-        (alone,) = render(model, [spec], steps=12, size=32, progress=False, natural=False)
+        (alone,) = render(model, [spec], **kwargs)
         assert result.spec == spec and torch.allclose(result.image, alone.image, atol=1e-4)
         assert result.activation == pytest.approx(alone.activation, rel=1e-4, abs=1e-5)
-    split = render(model, specs, steps=12, size=32, batch=3, progress=False, natural=False)
+        assert (result.unmoved is None) == (alone.unmoved is None) == (spec != "-relu2:2")
+    split = render(model, specs, batch=3, **kwargs)
     assert all(torch.allclose(a.image, b.image, atol=1e-4) for a, b in zip(together, split))
 
 

@@ -175,11 +175,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"featvis: a quick render ({args.steps} steps, {seconds:.0f} s); for full quality use --steps {FULL_STEPS} "
               f"(about {f'{full:.0f} s' if full < 90 else f'{full / 60:.0f} min'} here)", file=sys.stderr)
     rows = [{"spec": spec, "path": str(path), "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio,
-             "plausibility": r.plausibility, "steps": r.steps, "interrupted": r.interrupted}
+             "plausibility": r.plausibility, "steps": r.steps, "interrupted": r.interrupted,
+             "precision": r.precision}
             | ({"alpha": str(alpha_path(path))} if args.alpha else {}) | ({"distance": r.distance} if args.accentuate else {})
             for spec, path, r in zip(args.specs, paths, results)]
     rows += [{"spec": spec, "path": None, "activation": None, "natural_max": None, "ratio": None, "plausibility": None, "steps": 0,
-              "interrupted": True} for spec in args.specs[len(results):]]  # never started
+              "interrupted": True, "precision": None} for spec in args.specs[len(results):]]  # never started
     if args.json:
         print_json(rows)
     else:

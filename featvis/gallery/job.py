@@ -146,13 +146,17 @@ class GalleryJob:
         return self.report
 
     def render(self, objectives: list[Objective], images: int) -> list[RenderResult]:
-        """Render through the engine; a run cut short (Ctrl-C) is never recorded as finished."""
-        results = render(self.model, objectives, steps=self.settings["steps"], size=self.settings["size"],
+        """Render through the engine; a run cut short (Ctrl-C) is never recorded as finished. A unit that
+        never fires keeps its (flat) picture, as the page of a whole model should, and the log says so."""
+        results = render(self.model, objectives, steps=self.settings["steps"], size=self.settings["size"], strict=False,
                          batch=self.batch, seed=self.settings["seed"], precision=self.settings["precision"],
                          param=self.settings.get("param", "fft"),
                          progress=self.progress and sys.stderr.isatty())
         if len(results) != images or any(r.interrupted or r.steps != self.settings["steps"] for r in results):
             raise KeyboardInterrupt
+        for result in results:
+            if result.unmoved:
+                self.log(f"featvis gallery: {result.unmoved}")
         return results
 
     def make_filters(self) -> list[Record]:

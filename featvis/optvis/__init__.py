@@ -23,7 +23,8 @@ from .maco import MacoImage, natural_spectrum
 from .param import FourierImage, PixelImage, make_param
 from .plausibility import plausibility
 from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relus
-from .rendering import PRECISIONS, RenderResult, compute_dtype, render
+from .precision import PRECISIONS, compute_dtype
+from .rendering import RenderResult, render
 from .spec import layer_shapes, parse_spec
 from .transforms import Transforms
 

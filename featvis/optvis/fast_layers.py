@@ -158,8 +158,10 @@ def _input_grad_space_to_depth(grad: torch.Tensor, x: torch.Tensor, weight: torc
 
 
 def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether `_Conv` can run ``conv`` on ``x``."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4 and torch.backends.mkldnn.is_available()
+    """Whether `_Conv` can run ``conv`` on ``x``: oneDNN's bfloat16 convolution needs AVX512BW/VL/DQ or
+    AVX-NE-CONVERT (elsewhere PyTorch's own convolution path runs bfloat16)."""
+    return (x.device.type == "cpu" and x.dim() == 4 and torch.backends.mkldnn.is_available()
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
 
 

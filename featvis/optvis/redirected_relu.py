@@ -2,15 +2,19 @@
 
 A channel that is zero everywhere for a random start gets no gradient through its ReLU, so
 plain gradient ascent leaves the image flat grey. For the first `REDIRECT_STEPS` steps of
-rendering, featvis replaces every ``nn.ReLU`` module's backward pass as Lucid's
-``redirected_relu_grad`` does. The forward pass is unchanged: y = max(x, 0).
+rendering, featvis replaces the backward pass of every ``nn.ReLU`` module as Lucid's
+``redirected_relu_grad`` does, and of every ``nn.ReLU6`` (and any ``nn.Hardtanh``, its clamp
+to [lo, hi]) as Lucid's ``redirected_relu6_grad`` does (tensorflow/lucid,
+lucid/misc/redirected_relu_grad.py): MobileNets and EfficientNet-Lite use ReLU6, and without it
+their dead units stayed flat. The forward pass is unchanged: y = clamp(x, lo, hi).
 
 The alteration, exactly: with g = dL/dy the incoming gradient of the loss being *minimised*
-(L = -objective), the ordinary gradient is g * [x > 0]. For each batch element separately:
-if that ordinary gradient is non-zero somewhere in the element, it is used unchanged;
-if it is zero everywhere in the element, the element gets instead g * [x >= 0 or g <= 0],
-i.e. g passes everywhere except where it would push an already negative pre-activation
-further down. The redirected gradient thus points the image towards making the unit positive.
+(L = -objective), the ordinary gradient is g * [lo < x < hi] (``hi`` = +inf for a ReLU, lo = 0).
+For each batch element separately: if that ordinary gradient is non-zero somewhere in the
+element, it is used unchanged; if it is zero everywhere in the element, the element gets
+instead g * [not (x < lo and g > 0) and not (x > hi and g < 0)], i.e. g passes everywhere
+except where it would push a pre-activation further out of the open range. The redirected
+gradient thus points the image towards making the unit respond.
 """
 
 from __future__ import annotations
@@ -25,25 +29,34 @@ REDIRECT_STEPS = 16  # Lucid switches back to the true gradient after global ste
 
 
 class RedirectedReLU(torch.autograd.Function):
-    """y = relu(x) with the redirected backward described in the module docstring."""
+    """y = relu(x), or clamp(x, lo, hi) given ``hi``, with the redirected backward described in the module docstring."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, lo: float = 0.0, hi: float | None = None) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return x.clamp_min(0)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp_min(lo) if hi is None else x.clamp(lo, hi)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # grad * [x > 0]
+        lo, hi = ctx.lo, ctx.hi
+        ordinary = torch.ops.aten.threshold_backward(grad, x, lo)  # grad * [x > lo]
+        if hi is not None:
+            ordinary = ordinary.masked_fill(x >= hi, 0)
+
+        def redirected(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            blocked = (x < lo) & (g > 0)
+            return g.masked_fill(blocked if hi is None else blocked | ((x > hi) & (g < 0)), 0)
+
         if x.dim() < 2:
-            return relu_grad if bool(relu_grad.any()) else grad.masked_fill((x < 0) & (grad > 0), 0)
+            return (ordinary if bool(ordinary.any()) else redirected(grad, x)), None, None
         dims = tuple(range(1, x.dim()))
         # all zero, per element: amax and amin are vectorised, several times faster than any()
-        dead = (relu_grad.amax(dim=dims) == 0) & (relu_grad.amin(dim=dims) == 0)
+        dead = (ordinary.amax(dim=dims) == 0) & (ordinary.amin(dim=dims) == 0)
         for b in dead.nonzero().flatten().tolist():
-            relu_grad[b] = grad[b].masked_fill((x[b] < 0) & (grad[b] > 0), 0)
-        return relu_grad
+            ordinary[b] = redirected(grad[b], x[b])
+        return ordinary, None, None
 
 
 def redirected_relu(x: torch.Tensor) -> torch.Tensor:
@@ -51,17 +64,23 @@ def redirected_relu(x: torch.Tensor) -> torch.Tensor:
     return RedirectedReLU.apply(x)
 
 
+def _redirected_clamp(module: nn.Hardtanh):
+    """``module``'s clamp (ReLU6, Hardtanh) with the redirected backward."""
+    return lambda x: RedirectedReLU.apply(x, module.min_val, module.max_val)
+
+
 @contextlib.contextmanager
 def redirected_relus(model: nn.Module) -> Iterator[int]:
-    """Within the block every ``nn.ReLU`` module of ``model`` uses `redirected_relu`; yields how many.
+    """Within the block every ``nn.ReLU``, ``nn.ReLU6`` and ``nn.Hardtanh`` module of ``model`` has the
+    redirected backward; yields how many.
 
     The modules themselves stay in place (their hooks keep working): only their ``forward`` is
     shadowed by an instance attribute, removed again on exit, whatever happens.
     """
-    patched = [module for module in model.modules() if type(module) is nn.ReLU]
+    patched = [module for module in model.modules() if type(module) in (nn.ReLU, nn.ReLU6, nn.Hardtanh)]
     try:
         for module in patched:
-            module.forward = redirected_relu
+            module.forward = redirected_relu if type(module) is nn.ReLU else _redirected_clamp(module)
         yield len(patched)
     finally:
         for module in patched:

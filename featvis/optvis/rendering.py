@@ -10,8 +10,9 @@ Speed: Adam is featvis's own (`adam`: no torch._dynamo import), freed activation
 process between steps (`featvis.heap`), the model runs channels-last, with slow layers replaced
 by exact faster stand-ins (`fast_layers`), a concatenating block computes only the branches the
 objectives read (`pruning`), conv + ReLU pairs are fused after the redirected steps and, with
-``precision="auto"`` on a CPU with AMX or AVX512-BF16, its weights and activations in bfloat16 (the image,
-its transforms, the objectives and the final measurement stay float32).
+``precision="auto"`` on a CPU with AMX or AVX512-BF16, its weights and activations in bfloat16 where
+its gradient agrees with float32's on the first batch (`precision`; the image, its transforms, the
+objectives and the final measurement stay float32).
 
 Random draws (initial noise, transforms) come from one generator per image seeded by
 (seed, objective's name as given, image index): the same settings give the same image whatever
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import PRECISIONS, RENDER_BATCH
+from ..choices import RENDER_BATCH
 from ..errors import FeatvisError
 from ..heap import keep_freed_memory
 from ..images import load_image
@@ -54,6 +54,7 @@ from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
 from .param import make_param
 from .plausibility import plausibility
+from .precision import compute_dtype, faithful_dtype, frozen
 from .pruning import assemble, probed_layers, prune
 from .redirected_relu import REDIRECT_STEPS, redirected_relus
 from .spec import layer_shapes, parse_spec
@@ -71,7 +72,9 @@ class RenderResult:
     ``index`` is the image's position within a multi-image objective (diversity, interpolation).
     ``plausibility``: see `featvis.optvis.plausibility`; ``alpha`` [H, W] in [0, 1]: MACO's
     transparency map (parameterisations with one); ``distance``: an accentuated image's relative
-    distance to its photo in the accentuation layer."""
+    distance to its photo in the accentuation layer; ``precision``: the model's number format
+    while optimising ("float32" or "bfloat16", see `featvis.optvis.precision`); ``unmoved``: why the
+    image is still exactly its start (one line naming the layer), None when it moved."""
 
     spec: str
     image: torch.Tensor
@@ -85,6 +88,8 @@ class RenderResult:
     plausibility: float | None = None
     alpha: torch.Tensor | None = None
     distance: float | None = None
+    precision: str = "float32"
+    unmoved: str | None = None
 
     __repr__ = short_repr  # shapes, not pixel values
 
@@ -109,6 +114,7 @@ def render(
     accentuate: "torch.Tensor | str | os.PathLike | None" = None,
     accentuate_layer: str | None = None,
     accentuate_distance: float = DEFAULT_DISTANCE,
+    strict: bool = True,
 ) -> list[RenderResult]:
     """Render every spec (a string, see `parse_spec`, or an Objective); one result per image.
 
@@ -123,7 +129,10 @@ def render(
     objective's own layer) while raising the objective.
     ``natural``: also compute natural_max, ratio and plausibility. ``interrupted`` results come from Ctrl-C.
     ``precision``: the model's number format while optimising, "float32", "bfloat16" or "auto"
-    (see `compute_dtype`); images, objectives and the reported activations are float32 always.
+    (see `featvis.optvis.precision`); images, objectives and the reported activations are float32 always.
+    An image whose objective never moved from its start (no gradient ever reached it) is an error
+    naming its layer, not a flat picture; ``strict=False`` hands it back with ``unmoved`` saying so
+    instead (galleries and the server keep going past a unit that never fires).
     """
     model = as_model(model)
     items = [specs] if isinstance(specs, (str, Objective)) else list(specs)
@@ -158,6 +167,7 @@ def render(
         layer_shapes(model, [accentuation.layer_for(o) for o in objectives], scale)  # unknown layers fail here
     settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,
                     transform=transform, init=start, keep=keep, dtype=dtype,
+                    verify_bfloat16=precision == "auto" and dtype is torch.bfloat16,
                     accentuation=accentuation, penalties=_penalties(model, objectives, accentuation, scale))
 
     # the natural-photo bar first: whatever it needs (the sample photos) fails before the optimisation
@@ -172,6 +182,9 @@ def render(
         if best is not None:
             result.natural_max = best
             result.ratio = result.activation / best if best > 0 else None
+    stuck = next((r.unmoved for r in results if r.unmoved), None)
+    if strict and stuck:
+        raise FeatvisError(stuck)
     if natural:
         for result, value in zip(results, plausibility(model, torch.stack([r.image for r in results]))):
             result.plausibility = value
@@ -229,77 +242,13 @@ def _batched(chunk: list[tuple[Objective, str]]) -> Callable[[Acts], torch.Tenso
     return scores
 
 
-def compute_dtype(precision: str, model: FeatvisModel) -> torch.dtype:
-    """The model's number format while optimising. "auto" is bfloat16 on a CPU with AMX tiles or
-    AVX512-BF16 instructions, whose bfloat16 matrix products are several times faster than float32's
-    (4.9x on a Xeon with AMX; 4.2x on a 2-core AMD EPYC with AVX512-BF16, where a render is 1.45x
-    faster with activations within 3%), and float32 everywhere else or where the model has an
-    operation without a bfloat16 kernel (tried once per model); "bfloat16" on such a model is an error."""
-    if precision not in PRECISIONS:
-        raise FeatvisError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
-    device = model.mean.device
-    fast = device.type == "cpu" and any(getattr(torch.cpu, check, lambda: False)()
-                                        for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    if precision == "float32" or (precision == "auto" and not fast):
-        return torch.float32
-    problem = _bfloat16_problem(model)
-    if problem is None:
-        return torch.bfloat16
-    if precision == "auto":
-        return torch.float32
-    raise FeatvisError(f"{model.name} cannot run in bfloat16 here ({problem}); use precision float32 (--precision float32)")
-
-
-_BFLOAT16_PROBLEMS: "weakref.WeakKeyDictionary[FeatvisModel, str | None]" = weakref.WeakKeyDictionary()
-
-
-def _bfloat16_problem(model: FeatvisModel) -> str | None:
-    """Why ``model`` cannot run forward and backward in bfloat16 (the first line of the error), or
-    None; found by one pass on a random input, once per model."""
-    if model not in _BFLOAT16_PROBLEMS:
-        x = torch.rand(1, 3, model.input_size, model.input_size, device=model.mean.device, requires_grad=True)
-        try:
-            with _frozen(model, torch.bfloat16), fast_layers(model):
-                out = model(x.to(torch.bfloat16, memory_format=torch.channels_last))
-                if isinstance(out, torch.Tensor):
-                    out.float().sum().backward()
-            _BFLOAT16_PROBLEMS[model] = None
-        except (RuntimeError, NotImplementedError) as exc:
-            _BFLOAT16_PROBLEMS[model] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return _BFLOAT16_PROBLEMS[model]
-
-
-@contextlib.contextmanager
-def _frozen(model: FeatvisModel, dtype: torch.dtype = torch.float32) -> Iterator[None]:
-    """Eval mode, no parameter gradients, floating parameters and buffers in ``dtype`` and
-    channels-last conv weights (what oneDNN wants for channels-last inputs, instead of
-    reordering the weights at every call) for the duration; the previous state is restored exactly."""
-    training = model.training
-    saved = [(p, p.requires_grad, p.data) for p in model.parameters()]
-    buffers = [(b, b.data) for b in model.buffers() if b.is_floating_point()]
-    try:
-        model.eval()
-        for p, _, data in saved:
-            p.requires_grad_(False)
-            p.data = data.to(dtype, memory_format=torch.channels_last if data.dim() == 4 else torch.preserve_format)
-        for b, data in buffers:
-            b.data = data.to(dtype)
-        yield
-    finally:
-        model.train(training)
-        for p, flag, data in saved:
-            p.data = data
-            p.requires_grad_(flag)
-        for b, data in buffers:
-            b.data = data
-
-
 def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Counter, *, steps: int, size: int, scale: int,
               seed: int, param: str, decorrelate: bool, valid: str, transform: tf.Transforms | None,
-              init: torch.Tensor | None, keep: list[int], dtype: torch.dtype, accentuation: Accentuation | None,
-              penalties: dict[int, Objective]) -> list[RenderResult]:
+              init: torch.Tensor | None, keep: list[int], dtype: torch.dtype, verify_bfloat16: bool,
+              accentuation: Accentuation | None, penalties: dict[int, Objective]) -> list[RenderResult]:
     device = model.mean.device
     images_of = [(name, i) for objective, name in chunk for i in range(objective.span)]
+    layers_of = {name: objective.layers for objective, name in chunk}
     generators = [torch.Generator().manual_seed(_image_seed(seed, objective.name, i)) for objective, _ in chunk
                   for i in range(objective.span)]
     image_param = make_param(param, generators, size, decorrelate=decorrelate, valid=valid, init=init).to(device)
@@ -325,12 +274,22 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
             """The model's view of ``images`` under this step's draw ``theta`` (the same for an image and its photo)."""
             return tf.apply(images, theta, scale, transform.fill) if transform else tf.resize(images, scale)
 
+        def start_gradient(dtype: torch.dtype) -> torch.Tensor:
+            """The loss's gradient with respect to the start images, as step 0 computes it in ``dtype`` (the loss's,
+            not the objectives': the redirected ReLUs let a dead unit's gradient through only in the direction that raises it)."""
+            with frozen(model, dtype), redirected_relus(model):
+                images = image_param()
+                return torch.autograd.grad(-scores(activations(images, tf.resize(images, scale), dtype)).sum(), images)[0]
+
+        if verify_bfloat16:
+            dtype = faithful_dtype(model, layers, start_gradient)
         phase = contextlib.ExitStack()  # redirected ReLUs first, then the fused (plain) conv + ReLU pairs
         try:
-            with _frozen(model, dtype):
+            with frozen(model, dtype):
                 phase.enter_context(redirected_relus(model))
+                start = image_param().detach()
                 if 0 in keep:
-                    kept[0] = image_param().detach().cpu()
+                    kept[0] = start.cpu()
                 for step in range(steps):
                     if step == REDIRECT_STEPS:
                         phase.close()
@@ -360,7 +319,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
         finally:
             phase.close()
 
-        with _frozen(model), torch.no_grad():
+        with frozen(model), torch.no_grad():
             final = image_param()
             if accentuation is not None:
                 final, far = pull_back(lambda t: activations(t, tf.resize(t, scale)), final, init.to(device), anchors,
@@ -375,4 +334,16 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
     for b, result in enumerate(results):
         result.alpha = alpha_map(transparency[b].cpu()) if transparency is not None else None
         result.distance = float(far[b]) if accentuation is not None else None
+        result.precision = str(dtype).removeprefix("torch.")
+        if done and not interrupted and torch.equal(start[b].cpu(), final[b]):
+            result.unmoved = _unmoved(result, layers_of[result.spec])
     return results
+
+
+def _unmoved(result: RenderResult, layers: list[str]) -> str:
+    """One line for an image that is still exactly its start: no gradient ever reached it, its picture
+    would be the flat start (a unit that never fires, behind an activation the redirected gradient
+    does not cover, or an objective that does not depend on the image)."""
+    return (f"{result.spec}: the objective never moved from {result.activation:.4g} in {result.steps} steps, no gradient "
+            f"reached the image through {', '.join(layers) or 'the model'} (a unit that never fires here); pick another "
+            "channel or layer, e.g. the layer before its activation")

@@ -1,0 +1,116 @@
+"""The model's number format while rendering: float32, or bfloat16 where it is fast and faithful.
+
+``precision="auto"`` asks for bfloat16 only on CPUs whose bfloat16 matrix products are several
+times faster (AMX, AVX512-BF16) and only for models whose every operation has a bfloat16
+kernel (`compute_dtype`). Then, because a faster picture must never be a worse one, the render
+checks bfloat16 against float32 on its first batch (`faithful_dtype`): the gradient of its
+objectives with respect to the start images, computed both ways, must point the same way
+(cosine >= `AGREEMENT` for every image), else the whole render, and later ones of the same
+model and layers, run in float32. The precision used is reported on every `RenderResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Callable, Iterator
+
+import torch
+
+from ..choices import PRECISIONS
+from ..errors import FeatvisError
+from ..model import FeatvisModel
+from .fast_layers import fast_layers
+
+#: Least cosine between an image's bfloat16 and float32 input gradients at the start for bfloat16 to be kept.
+#: Calibrated by 48-step renders of one image, bfloat16 against float32 (ratio to natural photos, bf16 / f32),
+#: on a noise start (cosine -> ratio): GoogLeNet mixed3a:15 0.86 -> 1.00, mixed4a:97 0.77 -> 0.95,
+#: mixed5b:3 0.73 -> 0.77, mixed4d:5 0.63 -> 0.99; SqueezeNet 1.1 fire3 expand1x1:2 0.71 -> 0.94, fire9
+#: expand3x3:5 0.40 -> 0.67; EfficientNet-Lite2 _blocks.15._swish:4 0.16 -> 1.16 (another picture). Below 0.8
+#: a picture may be a quarter worse, so those render in float32; the cosine is a coarse guard, not a predictor.
+AGREEMENT = 0.8
+
+_CHECKED: "weakref.WeakKeyDictionary[FeatvisModel, dict[frozenset[str], torch.dtype]]" = weakref.WeakKeyDictionary()
+
+
+def faithful_dtype(model: FeatvisModel, layers: list[str], input_gradient: Callable[[torch.dtype], torch.Tensor]) -> torch.dtype:
+    """bfloat16 if ``input_gradient(dtype)`` ([B, ...], one row per image) agrees between bfloat16 and
+    float32 for every image (see the module docstring), else float32; decided once per model and layers."""
+    known = _CHECKED.setdefault(model, {})
+    key = frozenset(layers)
+    if key not in known:
+        known[key] = torch.bfloat16 if bool((agreement(input_gradient(torch.float32), input_gradient(torch.bfloat16))
+                                             >= AGREEMENT).all()) else torch.float32
+    return known[key]
+
+
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Cosine [B] between each image's two gradients; 1 where both are zero (nothing to disagree on)."""
+    a, b = reference.flatten(1).double(), other.flatten(1).double()
+    both_zero = (a.abs().amax(1) == 0) & (b.abs().amax(1) == 0)
+    return torch.where(both_zero, 1.0, torch.cosine_similarity(a, b, dim=1))
+
+
+def compute_dtype(precision: str, model: FeatvisModel) -> torch.dtype:
+    """The model's number format while optimising. "auto" is bfloat16 on a CPU with AMX tiles or
+    AVX512-BF16 instructions, whose bfloat16 matrix products are several times faster than float32's
+    (4.9x on a Xeon with AMX; 4.2x on a 2-core AMD EPYC with AVX512-BF16, where a render is 1.45x
+    faster with activations within 3%), and float32 everywhere else or where the model has an
+    operation without a bfloat16 kernel (tried once per model); "bfloat16" on such a model is an error."""
+    if precision not in PRECISIONS:
+        raise FeatvisError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    device = model.mean.device
+    fast = device.type == "cpu" and any(getattr(torch.cpu, check, lambda: False)()
+                                        for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    if precision == "float32" or (precision == "auto" and not fast):
+        return torch.float32
+    problem = _bfloat16_problem(model)
+    if problem is None:
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.float32
+    raise FeatvisError(f"{model.name} cannot run in bfloat16 here ({problem}); use precision float32 (--precision float32)")
+
+
+_BFLOAT16_PROBLEMS: "weakref.WeakKeyDictionary[FeatvisModel, str | None]" = weakref.WeakKeyDictionary()
+
+
+def _bfloat16_problem(model: FeatvisModel) -> str | None:
+    """Why ``model`` cannot run forward and backward in bfloat16 (the first line of the error), or
+    None; found by one pass on a random input, once per model."""
+    if model not in _BFLOAT16_PROBLEMS:
+        x = torch.rand(1, 3, model.input_size, model.input_size, device=model.mean.device, requires_grad=True)
+        try:
+            with frozen(model, torch.bfloat16), fast_layers(model):
+                out = model(x.to(torch.bfloat16, memory_format=torch.channels_last))
+                if isinstance(out, torch.Tensor):
+                    out.float().sum().backward()
+            _BFLOAT16_PROBLEMS[model] = None
+        except (RuntimeError, NotImplementedError) as exc:
+            _BFLOAT16_PROBLEMS[model] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return _BFLOAT16_PROBLEMS[model]
+
+
+@contextlib.contextmanager
+def frozen(model: FeatvisModel, dtype: torch.dtype = torch.float32) -> Iterator[None]:
+    """Eval mode, no parameter gradients, floating parameters and buffers in ``dtype`` and
+    channels-last conv weights (what oneDNN wants for channels-last inputs, instead of
+    reordering the weights at every call) for the duration; the previous state is restored exactly."""
+    training = model.training
+    saved = [(p, p.requires_grad, p.data) for p in model.parameters()]
+    buffers = [(b, b.data) for b in model.buffers() if b.is_floating_point()]
+    try:
+        model.eval()
+        for p, _, data in saved:
+            p.requires_grad_(False)
+            p.data = data.to(dtype, memory_format=torch.channels_last if data.dim() == 4 else torch.preserve_format)
+        for b, data in buffers:
+            b.data = data.to(dtype)
+        yield
+    finally:
+        model.train(training)
+        for p, flag, data in saved:
+            p.data = data
+            p.requires_grad_(flag)
+        for b, data in buffers:
+            b.data = data

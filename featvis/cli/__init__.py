@@ -21,7 +21,7 @@ from ..failures import routed_warnings, user_code_error
 from ..heap import keep_freed_memory
 from .streams import commands_own_stdout
 
-COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain", "examples", "atlas"]
+COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain", "examples", "atlas", "serve"]
 
 
 class OneLineParser(argparse.ArgumentParser):

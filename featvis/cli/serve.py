@@ -1,0 +1,144 @@
+"""`featvis serve MODEL [--images SOURCE] [--port 8000] [--host 127.0.0.1] [--cache DIR] [--workers N]`:
+a local web app to browse a model's layers and units, render on demand, and explain photos
+(see featvis.serve). Needs the ``serve`` extra: ``pip install "featvis[serve]"``."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+
+from ..errors import FeatvisError
+from .common import add_model_args, add_precision_arg, model_from_args, positive_int
+
+FULL_STEPS = 512
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="a local web app: layers, units (feature visualization, dataset examples, circuits, receptive "
+                      "fields) rendered on demand, and photo explanations",
+        description="Serve a model's layers and units on http://HOST:PORT/: every unit's feature visualization "
+                    "(positive, negative, diversity) rendered on demand through one batched queue and cached on disk "
+                    "(shared with `featvis gallery --out` the same folder), dataset examples from --images, circuits, "
+                    "receptive fields, and an upload page that classifies and explains a photo.")
+    add_model_args(parser)
+    parser.add_argument("--images", metavar="SOURCE", help="photo collection for dataset examples (a folder or a text file of paths)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port, printed at start)")
+    parser.add_argument("--cache", metavar="DIR", help="picture cache (default $FEATVIS_CACHE_DIR/serve); a gallery folder works")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="decoding worker processes of the dataset-examples pass (default 2; 0: decode in its process)")
+    parser.add_argument("--steps", type=positive_int, default=FULL_STEPS, help=f"optimisation steps per picture (default {FULL_STEPS})")
+    parser.add_argument("--size", type=positive_int, default=128, help="picture side in px (default 128)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--param", choices=("fft", "pixel", "maco"), default="fft", help="image parameterisation (default fft)")
+    parser.add_argument("--batch", type=positive_int, default=16, metavar="N", help="most images the queue renders in one call (default 16)")
+    parser.add_argument("--window-ms", type=float, default=50.0, metavar="MS",
+                        help="how long the queue waits for more requests to batch with the first (default 50)")
+    parser.add_argument("--diversity", type=int, default=0, metavar="N", help="also a diversity set of N >= 2 pictures per unit")
+    parser.add_argument("--circuits", type=positive_int, default=6, metavar="K", help="connections listed per side (default 6)")
+    parser.add_argument("--k", type=positive_int, default=9, help="dataset examples per channel (default 9)")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB", help="largest photo upload (default 20 MB)")
+    parser.add_argument("--explain-layer", metavar="L", help="layer a photo is explained at (default mixed4d, else the last spatial layer)")
+    parser.add_argument("--explain-steps", type=int, default=0, metavar="N",
+                        help="steps of the explanation's icons (default 0: numbers and maps, no icons)")
+    parser.add_argument("--explain-groups", type=positive_int, default=4, metavar="K", help="NMF groups of a photo's explanation (default 4)")
+    add_precision_arg(parser)
+    parser.set_defaults(func=run)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got '{text}'") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
+    return value
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.diversity == 1 or args.diversity < 0:
+        raise FeatvisError(f"--diversity needs at least 2 pictures (or 0 for none), got {args.diversity}")
+    if args.workers < 0:
+        raise FeatvisError(f"--workers must be 0 or more, got {args.workers}")
+    if args.explain_steps < 0:
+        raise FeatvisError(f"--explain-steps must be 0 (no icons) or more, got {args.explain_steps}")
+    if not 0 < args.max_upload_mb <= 1024:
+        raise FeatvisError(f"--max-upload-mb takes 0 < MB <= 1024, got {args.max_upload_mb}")
+    if not 0 <= args.window_ms <= 10_000:
+        raise FeatvisError(f"--window-ms takes 0..10000, got {args.window_ms}")
+    if args.images is not None and not Path(args.images).exists():
+        raise FeatvisError(f"--images {args.images}: no such folder or file; give a folder of photos or a text file of paths")
+
+
+def _model_args(args: argparse.Namespace) -> list[str]:
+    """The model options again, for the `featvis examples` subprocesses."""
+    out = [args.model, "--device", args.device]
+    for flag, value in (("--weights", args.weights), ("--input-size", args.input_size)):
+        if value is not None:
+            out += [flag, str(value)]
+    for flag, value in (("--mean", args.mean), ("--std", args.std)):
+        if value is not None:
+            out += [flag, ",".join(repr(float(v)) for v in value)]
+    return out
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket (bound here, so --port 0 can print the port it got)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FeatvisError(f"--host {host}: cannot resolve it ({exc.strerror}); use e.g. 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise FeatvisError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    sock.listen(128)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise FeatvisError('featvis serve needs Starlette and uvicorn: pip install "featvis[serve]"') from None
+    from ..serve import Server, ServeOptions
+    from ..weights import cache_dir
+
+    _check(args)
+    cache = Path(args.cache) if args.cache else cache_dir() / "serve"
+    sock = _bind(args.host, args.port)
+    model = model_from_args(args)
+    aux = model_from_args(args)
+    if args.explain_layer:
+        model.resolve(args.explain_layer)  # an unknown layer fails now
+    options = ServeOptions(cache=cache, images=args.images, steps=args.steps, size=args.size, seed=args.seed,
+                           precision=args.precision, param=args.param, batch=args.batch, window=args.window_ms / 1000,
+                           diversity=args.diversity, circuits=args.circuits, k=args.k, workers=args.workers,
+                           upload_mb=args.max_upload_mb, explain_layer=args.explain_layer, explain_steps=args.explain_steps,
+                           explain_groups=args.explain_groups, model_args=_model_args(args))
+    server = Server(model, aux, options)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    if not _loopback(host):
+        print(f"featvis serve: warning: listening on {host}, reachable from other machines", file=sys.stderr)
+    print(f"featvis serve: {model.name} at http://{shown}:{port}/ (cache {cache})", flush=True)
+    config = uvicorn.Config(server.app, log_level="warning", access_log=False, lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

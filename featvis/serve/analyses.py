@@ -1,0 +1,96 @@
+"""The analyses behind a unit page and a photo page, computed by the background tasks on the
+server's second copy of the model: circuits (expanded weights, featvis.circuits), the effective
+receptive field (featvis.effective_rf), and a photo's classification, saliency and `explain`
+building blocks. Each writes its figures atomically into the cache and returns plain data.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..circuits import expanded_weights
+from ..circuits.connections import rank
+from ..effective_rf import effective_field_figure, effective_receptive_field
+from ..errors import FeatvisError
+from ..explain import explain, explanation_page
+from ..fileio import atomic_write_text
+from ..figures import save_figure
+from ..images import save_image
+from ..model import FeatvisModel, prepare_image
+from ..saliency import saliency, saliency_figure
+from .units import ModelInfo
+
+ERF_SAMPLES = 8  # noise images for the effective field: enough for its shape, quick on a CPU
+
+
+class Circuits:
+    """Each unit's strongest inputs and outputs by expanded weight; one matrix per layer pair, kept."""
+
+    def __init__(self, model: FeatvisModel, info: ModelInfo, k: int):
+        self.model, self.info, self.k = model, info, k
+        self._weights: dict[tuple[str, str], torch.Tensor | str] = {}
+        self._lock = threading.Lock()
+
+    def _pair(self, source: str | None, target: str | None) -> torch.Tensor | str | None:
+        if source is None or target is None:
+            return None
+        with self._lock:
+            if (source, target) not in self._weights:
+                try:
+                    self._weights[source, target] = expanded_weights(self.model, source, target)
+                except FeatvisError as exc:  # e.g. layers on parallel branches
+                    self._weights[source, target] = str(exc)
+            return self._weights[source, target]
+
+    def connections(self, layer: str, channel: int) -> dict:
+        """``{"unit", "source", "target", "inputs", "outputs", "problems"}``, as ``featvis circuit --json`` lists them."""
+        source, target = self.info.source_of(layer), self.info.target_of(layer)
+        incoming, outgoing = self._pair(source, layer), self._pair(layer, target)
+        problems = [value for value in (incoming, outgoing) if isinstance(value, str)]
+        inputs = rank(incoming[channel], source, self.k) if isinstance(incoming, torch.Tensor) else []
+        outputs = rank(outgoing[:, channel], target, self.k) if isinstance(outgoing, torch.Tensor) else []
+        return {"unit": f"{layer}:{channel}", "source": source, "target": target, "problems": problems,
+                "inputs": [c.to_dict() for c in inputs], "outputs": [c.to_dict() for c in outputs]}
+
+
+def effective_field(model: FeatvisModel, layer: str, png: Path) -> dict:
+    """Luo et al.'s effective field of the layer's central unit (noise inputs), its figure saved as ``png``."""
+    erf = effective_receptive_field(model, layer, samples=ERF_SAMPLES)
+    save_figure(effective_field_figure(erf, model.name), png, dpi=80)
+    return erf.to_dict()
+
+
+@dataclass(frozen=True)
+class PhotoSettings:
+    """How a photo is explained: the layer, icons' steps and size, NMF groups, seed, precision."""
+
+    layer: str
+    steps: int
+    size: int
+    groups: int
+    seed: int
+    precision: str
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "steps": self.steps, "size": self.size, "groups": self.groups, "seed": self.seed,
+                "precision": self.precision}
+
+
+def analyse_photo(model: FeatvisModel, photo: torch.Tensor, out: Path, settings: PhotoSettings, top: int = 5) -> dict:
+    """Classify the photo, its saliency (vanilla gradient) and its building blocks at ``settings.layer``;
+    writes ``input.png``, ``saliency.png`` and ``explain.html`` into ``out``."""
+    classes = [{"index": i, "label": label, "prob": prob} for i, label, prob in model.classify([photo], top=top)[0]]
+    save_image(prepare_image(photo, model.input_size)[0], out / "input.png")
+    result = saliency(model, photo, "saliency")
+    save_figure(saliency_figure(result), out / "saliency.png", dpi=80)
+    expl = explain(model, photo, settings.layer, groups=settings.groups, earlier=None, steps=max(settings.steps, 1),
+                   size=settings.size, icons=settings.steps > 0, seed=settings.seed, precision=settings.precision,
+                   progress=False)
+    atomic_write_text(out / "explain.html", explanation_page(model, expl, f"{model.name}: why '{expl.label}'? ({expl.layer})"))
+    return {"classes": classes, "saliency": {"method": "saliency", "target": result.label},
+            "explain": {"label": expl.label, "target": expl.target, "prob": expl.prob, "layer": expl.layer,
+                        "total": expl.total, "groups": [float(v) for v in expl.groups.attribution.tolist()]}}

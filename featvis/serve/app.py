@@ -1,0 +1,302 @@
+"""The web app (Starlette): routes, validation, the upload limit and error pages.
+
+Routes never compute a picture: they look it up, queue it (featvis.serve.queue) or start a
+background task (featvis.serve.jobs) and answer at once; sync handlers run in Starlette's
+thread pool so a slow lookup never stalls the event loop. Only three kinds of file are ever
+served, each by a name the server made itself and checked: finished pictures of the cache
+(``/files/``, verified by digest), dataset-example crops listed in an examples result inside
+the cache, and a photo's analysis files (fixed names under an id of 16 hex digits).
+Unknown layers, channels, files and broken uploads answer 4xx pages naming the problem; any
+other exception answers a plain 500 page (the traceback goes to the server's stderr only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ..errors import FeatvisError
+from ..fileio import atomic_write_bytes
+from ..images import load_image
+from . import pages
+from .jobs import DONE, FAILED, example_file, examples_dir
+from .units import KINDS, NotFound
+
+if TYPE_CHECKING:
+    from .server import Server
+
+_HEX = re.compile(r"^[0-9a-f]{16,64}$")
+_PICTURE = re.compile(r"^layers/[A-Za-z0-9_-]{1,80}/img/[A-Za-z0-9_.-]{1,120}\.png$")
+_PHOTO_FILES = {"input.png": "image/png", "saliency.png": "image/png", "explain.html": "text/html; charset=utf-8"}
+MAX_STATUS_KEYS = 2000
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class TooLarge(Exception):
+    """The request body passed the upload limit."""
+
+
+def _html(text: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(text, status_code=status, headers={"X-Content-Type-Options": "nosniff"})
+
+
+def build_app(server: "Server") -> Starlette:
+    """The Starlette application serving ``server``'s model (see module docstring)."""
+
+    def index(request: Request) -> Response:
+        return _html(pages.index_page(server.info, server.images is not None))
+
+    def layer(request: Request) -> Response:
+        row = server.info.row(request.path_params["name"])
+        shown, lazy = [], []
+        for c in range(row.shape[0]):
+            picture = server.info.picture(row, c, "positive", priority=2)
+            known = server.queue.get(picture.digest)
+            if known is None and server.cache.finished(picture.digest, picture.rels):
+                known = server.queue.request(picture)  # finished: shown at once
+            shown.append(known or picture)  # neither: rendered when its card scrolls into view
+            lazy.append(None if known else f"/api/enqueue/{pages.quote(row.name, safe='')}/{c}")
+        return _html(pages.layer_page(server.info, row, shown, lazy))
+
+    def unit(request: Request) -> Response:
+        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
+        kinds = [k for k in KINDS if k != "diversity" or server.info.diversity >= 2]
+        pictures = {k: server.queue.request(server.info.picture(row, channel, k, priority=i)) for i, k in enumerate(kinds)}
+        if server.images is not None:
+            server.start_examples(row.name, retry=True)
+        server.start_circuits(row.name, channel, retry=True)
+        server.start_erf(row.name, retry=True)
+        return _html(pages.unit_page(server.info, row, channel, pictures, server.images is not None))
+
+    def enqueue(request: Request) -> Response:
+        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
+        picture = server.queue.request(server.info.picture(row, channel, "positive", priority=2))
+        return JSONResponse({"key": picture.digest, **server.queue.status(picture)}, headers=NO_STORE)
+
+    def status(request: Request) -> Response:
+        keys = request.query_params.getlist("key")[:MAX_STATUS_KEYS]
+        answer = {}
+        for key in keys:
+            picture = server.queue.get(key) if _HEX.match(key) else None
+            if picture is not None:
+                answer[key] = server.queue.status(picture)
+        return JSONResponse(answer, headers=NO_STORE)
+
+    def stats(request: Request) -> Response:
+        return JSONResponse(server.queue.stats.to_json(), headers=NO_STORE)
+
+    def picture_meta(request: Request) -> Response:
+        key = request.path_params["key"]
+        picture = server.queue.get(key) if _HEX.match(key) else None
+        if picture is None:
+            raise NotFound(f"no picture {key[:64]} was asked for on this server")
+        return JSONResponse({**server.queue.status(picture), "spec": picture.spec, "settings": picture.settings,
+                             "meta": picture.meta}, headers=NO_STORE)
+
+    def files(request: Request) -> Response:
+        rel = request.path_params["rel"]
+        if not _PICTURE.match(rel) or ".." in rel or not server.cache.servable(rel):
+            raise NotFound(f"no finished picture '{rel[:120]}' in the cache")
+        return FileResponse(server.cache.root / rel, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    # --- background sections --------------------------------------------------------------
+    def _pending_or_failed(task, what: str) -> Response | None:
+        if task is None or task.state not in (DONE, FAILED):
+            return Response(f"{what} …", status_code=202, headers=NO_STORE)
+        if task.state == FAILED:
+            return Response(f"{what} failed: {task.error}", status_code=422, media_type="text/plain", headers=NO_STORE)
+        return None
+
+    def examples_fragment(request: Request) -> Response:
+        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
+        if server.images is None:
+            raise NotFound("this server has no image collection; start it with --images SOURCE")
+        task = server.start_examples(row.name)
+        waiting = _pending_or_failed(task, "dataset examples")
+        if waiting is not None:
+            return waiting
+        entries = task.result["layers"].get(row.name, {}).get(str(channel), [])
+        base = f"/examples/{pages.quote(row.name, safe='')}/{channel}"
+        urls = [(f"{base}/{rank}.png", f"{base}/{rank}-full.png" if entry.get("full") else None) for rank, entry in enumerate(entries)]
+        return _html(pages.examples_fragment(row.name, entries, urls))
+
+    def example_image(request: Request) -> Response:
+        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
+        match = re.fullmatch(r"(\d{1,3})(-full)?\.png", request.path_params["file"])
+        task = server.tasks.get(("examples", row.name))
+        if match is None or task is None or task.state != DONE:
+            raise NotFound("no such dataset example")
+        entries = task.result["layers"].get(row.name, {}).get(str(channel), [])
+        rank = int(match[1])
+        entry = entries[rank] if rank < len(entries) else {}
+        path = example_file(examples_dir(server.cache.root, server.info.fingerprint, row.name),
+                            entry.get("full" if match[2] else "crop"))
+        if path is None:
+            raise NotFound(f"no dataset example {rank} for {row.name}:{channel}")
+        return FileResponse(path, media_type="image/png")
+
+    def circuits_fragment(request: Request) -> Response:
+        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
+        task = server.start_circuits(row.name, channel)
+        waiting = _pending_or_failed(task, "circuits")
+        if waiting is not None:
+            return waiting
+        thumbs = {}
+        for connection in task.result["inputs"] + task.result["outputs"]:
+            other, index = server.info.row(connection["layer"]), connection["channel"]
+            picture = server.queue.request(server.info.picture(other, index, "positive", priority=1))
+            thumbs[connection["layer"], index] = pages.picture_box(None, picture, f"{connection['layer']}:{index}", small=True)
+        return _html(pages.circuits_fragment(task.result, thumbs))
+
+    def erf_fragment(request: Request) -> Response:
+        row = server.info.row(request.path_params["name"])
+        task = server.start_erf(row.name)
+        waiting = _pending_or_failed(task, "effective receptive field")
+        if waiting is not None:
+            return waiting
+        return _html(pages.erf_fragment(task.result, f"/erf/{pages.quote(row.name, safe='')}.png"))
+
+    def erf_image(request: Request) -> Response:
+        row = server.info.row(request.path_params["name"])
+        task = server.tasks.get(("erf", row.name))
+        if task is None or task.state != DONE:
+            raise NotFound(f"no effective field of {row.name} yet")
+        return FileResponse(server.erf_png(row.name), media_type="image/png")
+
+    # --- photos ---------------------------------------------------------------------------
+    def upload_form(request: Request) -> Response:
+        return _html(pages.upload_page(server.upload_limit / 2**20))
+
+    async def upload(request: Request) -> Response:
+        limit = server.upload_limit
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit + 64 * 1024:
+            return _html(pages.upload_page(limit / 2**20, f"the upload is {int(declared) / 2**20:.1f} MB, more than this "
+                                                          f"server takes ({limit / 2**20:g} MB)"), 413)
+        received = 0
+        receive = request.receive
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit + 64 * 1024:
+                raise TooLarge
+            return message
+
+        try:
+            form = await Request(request.scope, limited).form(max_files=1, max_fields=4)
+            item = form.get("photo")
+            data = await item.read(limit + 1) if hasattr(item, "read") else None
+        except TooLarge:
+            return _html(pages.upload_page(limit / 2**20, f"the upload is more than this server takes ({limit / 2**20:g} MB)"), 413)
+        except Exception as exc:  # a malformed multipart body
+            return _html(pages.upload_page(limit / 2**20, f"could not read the upload ({type(exc).__name__}); send a "
+                                                          "form with one file field 'photo'"), 400)
+        if not data:
+            return _html(pages.upload_page(limit / 2**20, "no photo in the upload; choose a PNG or JPEG file"), 400)
+        if len(data) > limit:
+            return _html(pages.upload_page(limit / 2**20, f"the photo is more than this server takes ({limit / 2**20:g} MB)"), 413)
+        try:
+            photo_id = await run_in_threadpool(server.store_photo, data)
+        except FeatvisError as exc:
+            return _html(pages.upload_page(limit / 2**20, str(exc)), 400)
+        return RedirectResponse(f"/photo/{photo_id}", status_code=303)
+
+    def _photo_id(request: Request) -> str:
+        photo_id = request.path_params["id"]
+        if not re.fullmatch(r"[0-9a-f]{16}", photo_id) or not server.photo_path(photo_id).is_file():
+            raise NotFound(f"no uploaded photo '{photo_id[:40]}' on this server; upload it again")
+        return photo_id
+
+    def photo(request: Request) -> Response:
+        photo_id = _photo_id(request)
+        server.start_photo(photo_id, retry=True)
+        return _html(pages.photo_page(photo_id))
+
+    def photo_fragment(request: Request) -> Response:
+        photo_id = _photo_id(request)
+        task = server.start_photo(photo_id)
+        waiting = _pending_or_failed(task, "the photo's analysis")
+        if waiting is not None:
+            return waiting
+        return _html(pages.photo_fragment(photo_id, task.result))
+
+    def photo_file(request: Request) -> Response:
+        photo_id = _photo_id(request)
+        name = request.path_params["file"]
+        task = server.tasks.get(("photo", photo_id))
+        if name not in _PHOTO_FILES or (name != "input.png" and (task is None or task.state != DONE)):
+            raise NotFound(f"no file '{name[:40]}' for photo {photo_id}")
+        path = server.photo_dir(photo_id) / name
+        if not path.is_file():
+            raise NotFound(f"no file '{name}' for photo {photo_id} yet")
+        headers = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"} \
+            if name.endswith(".html") else {}
+        return FileResponse(path, media_type=_PHOTO_FILES[name], headers=headers)
+
+    # --- errors ---------------------------------------------------------------------------
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _html(pages.error_page(404, str(exc)), 404)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        detail = exc.detail if exc.status_code != 404 else f"no page at {request.url.path[:200]}"
+        return _html(pages.error_page(exc.status_code, str(detail)), exc.status_code)
+
+    async def bad_input(request: Request, exc: Exception) -> Response:
+        return _html(pages.error_page(400, str(exc)), 400)
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        traceback.print_exception(exc, file=sys.stderr)
+        return _html(pages.error_page(500, f"internal error ({type(exc).__name__}); the server's log has the details"), 500)
+
+    routes = [
+        Route("/", index),
+        Route("/layer/{name}", layer),
+        Route("/layer/{name}/{channel}", unit),
+        Route("/api/enqueue/{name}/{channel}", enqueue, methods=["POST"]),
+        Route("/api/status", status),
+        Route("/api/stats", stats),
+        Route("/api/picture/{key}", picture_meta),
+        Route("/files/{rel:path}", files),
+        Route("/fragment/examples/{name}/{channel}", examples_fragment),
+        Route("/examples/{name}/{channel}/{file}", example_image),
+        Route("/fragment/circuits/{name}/{channel}", circuits_fragment),
+        Route("/fragment/erf/{name}", erf_fragment),
+        Route("/erf/{name}.png", erf_image),
+        Route("/photo", upload_form, methods=["GET"]),
+        Route("/photo", upload, methods=["POST"]),
+        Route("/photo/{id}", photo),
+        Route("/fragment/photo/{id}", photo_fragment),
+        Route("/photo/{id}/{file}", photo_file),
+    ]
+    handlers = {NotFound: not_found, HTTPException: http_error, FeatvisError: bad_input, Exception: internal}
+    return Starlette(routes=routes, exception_handlers=handlers)
+
+
+def photo_id_of(data: bytes) -> str:
+    """An uploaded photo's id: the first 16 hex digits of its SHA-256 (the same photo, the same page)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def decode_upload(data: bytes, scratch: Path) -> "tuple[object, Path]":
+    """Decode upload bytes through featvis's image reader (its pixel limit applies before decoding)."""
+    atomic_write_bytes(scratch, data)
+    try:
+        return load_image(scratch), scratch
+    except FeatvisError as exc:
+        raise FeatvisError(str(exc).replace(f"image {scratch}", "the upload").replace(str(scratch), "the upload")) from None
+    finally:
+        scratch.unlink(missing_ok=True)
+

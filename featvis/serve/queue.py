@@ -1,0 +1,235 @@
+"""One shared, batched render queue: every picture the pages ask for goes through it.
+
+Requests arrive from any number of page loads; the queue's one worker thread waits a short
+``window`` after the first pending request, then takes up to ``max_batch`` images (highest
+priority first, then oldest) and optimises them in a single `featvis.render` call, the same
+call ``featvis render`` makes, with the same settings. Each image's random draws are seeded by
+its own spec, so batching changes a picture only by float rounding; each picture's sidecar
+records the specs it was rendered with (``batch``), so ``featvis render`` with those specs gives
+it exactly. The same picture is never queued twice, and finished pictures come from the cache.
+
+Progress is measured, not guessed: a forward pre-hook on the model counts the optimisation's
+forward passes (the ones with gradients), one per step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..errors import FeatvisError
+from ..gallery import manifest as mf
+from ..gallery.job import channel_values
+from ..gallery.plan import Layer
+from ..images import save_image
+from ..model import FeatvisModel
+from ..optvis import Objective, RenderResult, render
+from .cache import PictureCache, file_sha
+
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+
+
+@dataclass
+class Picture:
+    """A unit's picture set (``positive``, ``negative`` or ``diversity``): ``span`` images, one file each."""
+
+    digest: str
+    settings: dict
+    objective: Objective
+    layer: Layer
+    channel: int
+    kind: str
+    rels: list[str]
+    priority: int = 0
+    state: str = QUEUED
+    error: str | None = None
+    meta: dict = field(default_factory=dict)
+    order: int = 0
+
+    @property
+    def span(self) -> int:
+        return self.objective.span
+
+    @property
+    def spec(self) -> str:
+        return self.objective.name
+
+
+@dataclass
+class QueueStats:
+    """What the queue did: render calls made and the number of images in each."""
+
+    calls: int = 0
+    images: int = 0
+    batches: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"render_calls": self.calls, "images": self.images, "batches": self.batches[-1000:],
+                "largest_batch": max(self.batches, default=0), "seconds": round(self.seconds, 3)}
+
+
+class RenderQueue:
+    """The worker thread and its bookkeeping (see module docstring). ``render_kw``: steps, size, seed,
+    precision and param, as ``featvis render`` takes them."""
+
+    def __init__(self, model: FeatvisModel, cache: PictureCache, render_kw: dict, *, max_batch: int = 16,
+                 window: float = 0.05, log: Callable[[str], None] = lambda message: None):
+        self.model, self.cache, self.render_kw = model, cache, dict(render_kw)
+        self.max_batch, self.window, self.log = max(1, int(max_batch)), float(window), log
+        self.steps = int(render_kw["steps"])
+        self.stats = QueueStats()
+        self._pictures: dict[str, Picture] = {}
+        self._pending: list[Picture] = []
+        self._cond = threading.Condition()
+        self._count = itertools.count()
+        self._forwards = 0
+        self._running_since: float | None = None
+        model.register_forward_pre_hook(self._count_step)
+        self._thread = threading.Thread(target=self._work, name="featvis-render-queue", daemon=True)
+        self._thread.start()
+
+    # --- requests ---------------------------------------------------------------------------
+    def request(self, picture: Picture) -> Picture:
+        """The picture with this digest: finished from the cache, already known, or newly queued."""
+        with self._cond:
+            known = self._pictures.get(picture.digest)
+            if known is not None and known.state != FAILED:
+                if known.state == QUEUED and picture.priority < known.priority:
+                    known.priority = picture.priority  # a page now shows it large: move it up
+                return known
+            meta = self.cache.finished(picture.digest, picture.rels)
+            if meta is not None:
+                picture.state, picture.meta = DONE, meta
+            else:
+                picture.order = next(self._count)
+                self._pending.append(picture)
+                self._cond.notify_all()
+            self._pictures[picture.digest] = picture
+            return picture
+
+    def get(self, digest: str) -> Picture | None:
+        with self._cond:
+            return self._pictures.get(digest)
+
+    def status(self, picture: Picture) -> dict[str, Any]:
+        """``{"state", "progress" (0..1), "error", "files", "ahead"}`` for the page's placeholder."""
+        with self._cond:
+            progress = 1.0 if picture.state == DONE else 0.0
+            if picture.state == RUNNING:
+                progress = min(self._forwards / self.steps, 1.0)
+            ahead = sum(p.span for p in self._pending if (p.priority, p.order) < (picture.priority, picture.order))
+            return {"state": picture.state, "progress": round(progress, 3), "error": picture.error,
+                    "files": picture.rels if picture.state == DONE else [], "ahead": ahead if picture.state == QUEUED else 0,
+                    "batch": picture.meta.get("batch")}
+
+    # --- the worker -------------------------------------------------------------------------
+    def _count_step(self, module: torch.nn.Module, inputs: tuple) -> None:
+        if torch.is_grad_enabled() and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].requires_grad:
+            self._forwards += 1
+
+    def _take(self) -> list[Picture]:
+        """Wait for work, give later requests ``window`` seconds to join, take one batch."""
+        with self._cond:
+            while not self._pending:
+                self._cond.wait()
+            deadline = time.monotonic() + self.window
+            while sum(p.span for p in self._pending) < self.max_batch and time.monotonic() < deadline:
+                self._cond.wait(max(deadline - time.monotonic(), 0.0))
+            self._pending.sort(key=lambda p: (p.priority, p.order))
+            batch, images = [], 0
+            for picture in list(self._pending):
+                if batch and images + picture.span > self.max_batch:
+                    continue
+                batch.append(picture)
+                images += picture.span
+                self._pending.remove(picture)
+            for picture in batch:
+                picture.state = RUNNING
+            self._forwards = 0
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            self._render(self._take())
+
+    def _render(self, batch: list[Picture]) -> None:
+        """One render call for the batch; when it fails (e.g. one unit that never fires), each picture alone,
+        so one bad picture never fails the others."""
+        began = time.perf_counter()
+        try:
+            try:
+                results = render(self.model, [p.objective for p in batch], batch=self.max_batch, progress=False, strict=False,
+                                 **self.render_kw)
+            finally:
+                self._count_call(batch, time.perf_counter() - began)
+            if len(results) != sum(p.span for p in batch) or any(r.interrupted for r in results):
+                raise FeatvisError("the render stopped early")
+            self._save(batch, results, time.perf_counter() - began)
+        except Exception as exc:  # the server keeps serving: the pictures say what went wrong
+            if len(batch) > 1 and isinstance(exc, FeatvisError):
+                for picture in batch:
+                    with self._cond:
+                        self._forwards = 0
+                    self._render([picture])
+                return
+            message = str(exc) if isinstance(exc, FeatvisError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, FeatvisError):
+                traceback.print_exc(file=sys.stderr)
+            with self._cond:
+                for picture in batch:
+                    picture.state, picture.error = FAILED, message
+            self.log(f"featvis serve: render of {', '.join(p.spec for p in batch)} failed: {message}")
+
+    def _count_call(self, batch: list[Picture], seconds: float) -> None:
+        with self._cond:
+            self.stats.calls += 1
+            self.stats.images += sum(p.span for p in batch)
+            self.stats.batches.append(sum(p.span for p in batch))
+            self.stats.seconds += seconds
+
+    def _save(self, batch: list[Picture], results: list[RenderResult], seconds: float) -> None:
+        """Write every picture atomically, then its sidecar and gallery record; then mark it done."""
+        specs = [p.spec for p in batch]
+        start = 0
+        for picture in batch:
+            mine = results[start : start + picture.span]
+            start += picture.span
+            stuck = next((r.unmoved for r in mine if r.unmoved), None)
+            if stuck:  # a unit that never fires: the page says so, nothing is cached
+                with self._cond:
+                    picture.state, picture.error = FAILED, stuck
+                continue
+            files = {}
+            for rel, result in zip(picture.rels, mine):
+                save_image(result.image.detach().cpu(), self.cache.root / rel)
+                files[rel] = file_sha(self.cache.root / rel)
+            meta = {"spec": picture.spec, "kind": picture.kind, "layer": picture.layer.name, "channel": picture.channel,
+                    "activations": [r.activation for r in mine], "ratio": mine[0].ratio, "natural_max": mine[0].natural_max,
+                    "plausibility": mine[0].plausibility, "batch": specs, "seconds": round(seconds, 3),
+                    "settings": picture.settings}
+            self.cache.commit(picture.digest, files, meta, self._record(picture, mine, files))
+            with self._cond:
+                picture.meta = {**meta, "files": files}
+                picture.state = DONE
+
+    def _record(self, picture: Picture, results: list[RenderResult], files: dict[str, str]) -> mf.Record:
+        """The gallery's record of this picture (so ``featvis gallery`` on the same folder skips it)."""
+        if picture.kind == "diversity":
+            images = torch.stack([r.image for r in results])
+            result = {"spec": picture.spec, "images": list(files),
+                      "activations": channel_values(self.model, picture.layer.name, picture.channel, images,
+                                                    self.render_kw["size"])}
+        else:
+            r = results[0]
+            result = {"spec": r.spec, "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio,
+                      "plausibility": r.plausibility, "image": picture.rels[0], "batch": self.max_batch}
+        return mf.Record(picture.layer.path, picture.channel, picture.kind, picture.settings, dict(files), result,
+                         picture.layer.info())

@@ -1,0 +1,166 @@
+"""What the server knows about its model: layers, shapes, receptive fields, neighbours, and how a
+unit's pictures are named (settings and files, exactly as featvis.gallery names them).
+
+Every layer name or channel from a URL goes through ``layer``/``unit`` here; an unknown layer or
+a channel out of range is a `NotFound` naming the problem (the pages answer it with a 404).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..circuits import previous_layer
+from ..errors import FeatvisError
+from ..gallery import manifest as mf
+from ..gallery.job import DIVERSITY_WEIGHT
+from ..gallery.plan import Layer
+from ..layer_table import layer_table
+from ..model import FeatvisModel, model_fingerprint
+from ..optvis import Objective, channel, compute_dtype, diversity
+from ..receptive_field import ReceptiveField, receptive_fields
+from .cache import picture_rel
+from .queue import Picture
+
+KINDS = ("positive", "negative", "diversity")
+MAX_NAME = 200  # longer layer names in a URL are refused before any lookup
+
+
+class NotFound(FeatvisError):
+    """A layer, channel or file named in a URL that does not exist (answered with a 404 page)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the layers table."""
+
+    name: str
+    path: str
+    type: str
+    shape: tuple[int, ...] | None
+    aliases: tuple[str, ...]
+    field: ReceptiveField | None
+
+    @property
+    def has_channels(self) -> bool:
+        return self.shape is not None and len(self.shape) in (1, 3) and self.shape[0] > 0
+
+
+class ModelInfo:
+    """Layers of ``model`` and the render settings the server uses for every picture."""
+
+    def __init__(self, model: FeatvisModel, *, steps: int, size: int, seed: int, precision: str, param: str = "fft",
+                 diversity: int = 0):
+        self.model = model
+        self.fingerprint = model_fingerprint(model)
+        dtype = str(compute_dtype(precision, model)).removeprefix("torch.")
+        # what an image depends on, as make_gallery writes it (so both name the same files)
+        self.base = {"model": self.fingerprint, "steps": int(steps), "size": int(size), "seed": int(seed), "precision": dtype}
+        self.base |= {"param": param} if param != "fft" else {}
+        self.render_kw = {"steps": int(steps), "size": int(size), "seed": int(seed), "precision": dtype, "param": param}
+        self.diversity = int(diversity)
+        fields: dict[str, ReceptiveField] = {}
+        try:
+            fields = {f.path: f for f in receptive_fields(model)}
+        except FeatvisError:
+            pass  # a graph the tracer cannot follow: the table shows no fields
+        self.rows: list[Row] = []
+        for entry in layer_table(model):
+            aliases = tuple(entry["aliases"])
+            shape = tuple(entry["output_shape"]) if entry["output_shape"] else None
+            name = aliases[0] if aliases else entry["name"]
+            self.rows.append(Row(name, entry["name"], entry["type"], shape, aliases,
+                                 None if "concat" in entry else fields.get(entry["name"])))
+        self._by_name: dict[str, Row] = {}
+        for row in self.rows:
+            for key in (row.name, row.path, *row.aliases):
+                self._by_name.setdefault(key, row)
+        self.order = [row.name for row in self.rows if row.has_channels]
+        self._next: dict[str, str] = {}
+        for row in self.rows:
+            before = self.source_of(row.name)
+            if before is not None:
+                self._next.setdefault(self._by_name[before].name, row.name)
+
+    # --- lookups ----------------------------------------------------------------------------
+    def row(self, name: str) -> Row:
+        """The layer a URL names (by display name, module path or alias)."""
+        if len(name) > MAX_NAME or name not in self._by_name:
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise NotFound(f"unknown layer '{shown}' in {self.model.name}; the index lists every layer")
+        row = self._by_name[name]
+        if not row.has_channels:
+            raise NotFound(f"layer '{row.name}' has output shape {list(row.shape or [])}, no channels to show")
+        return row
+
+    def unit(self, name: str, channel_text: str) -> tuple[Row, int]:
+        """The (layer, channel) a URL names; the channel must be a whole number in range."""
+        row = self.row(name)
+        if not (channel_text.isascii() and channel_text.isdigit()) or len(channel_text) > 9:
+            raise NotFound(f"bad channel '{channel_text[:20]}' for layer '{row.name}'; use a number 0..{row.shape[0] - 1}")
+        index = int(channel_text)
+        if index >= row.shape[0]:
+            raise NotFound(f"channel {index} is out of range for layer '{row.name}', which has {row.shape[0]} channels "
+                           f"(0..{row.shape[0] - 1})")
+        return row, index
+
+    def gallery_layer(self, row: Row) -> Layer:
+        """The gallery's description of a layer (its records carry it)."""
+        order = self.model.layer_names().index(row.path) if row.path in self.model.layer_names() else len(self.rows)
+        return Layer(row.name, row.path, row.aliases, row.shape[0], row.shape, order)
+
+    # --- pictures ---------------------------------------------------------------------------
+    def objective(self, row: Row, index: int, kind: str) -> Objective:
+        """The gallery's objective for a kind of picture (see featvis.gallery.job)."""
+        if kind == "positive":
+            return channel(row.name, index)
+        if kind == "negative":
+            return -channel(row.name, index)
+        return channel(row.name, index) + DIVERSITY_WEIGHT * diversity(row.name, self.diversity)
+
+    def picture(self, row: Row, index: int, kind: str, priority: int = 0) -> Picture:
+        """The picture set of one kind for a unit, with the gallery's settings and file names."""
+        if kind not in KINDS or (kind == "diversity" and self.diversity < 2):
+            raise NotFound(f"no pictures of kind '{kind[:20]}' here; kinds: positive, negative"
+                           + (", diversity" if self.diversity >= 2 else ""))
+        objective = self.objective(row, index, kind)
+        extra = {"images": self.diversity} if kind == "diversity" else {}
+        settings = mf.canonical({**self.base, "layer": row.path, "channel": index, "kind": kind, "spec": objective.name,
+                                 **extra})
+        digest = mf.settings_digest(settings)
+        stems = [f"{index}-diversity{k}" for k in range(self.diversity)] if kind == "diversity" else [f"{index}-{kind}"]
+        rels = [picture_rel(row.path, stem, settings) for stem in stems]
+        return Picture(digest, settings, objective, self.gallery_layer(row), index, kind, rels, priority)
+
+    # --- neighbours -------------------------------------------------------------------------
+    def source_of(self, name: str) -> str | None:
+        """The layer a unit's inputs come from (featvis.circuits.previous_layer), by display name."""
+        row = self._by_name.get(name)
+        if row is None or row.path not in self.model.layer_names():
+            return None
+        try:
+            before = previous_layer(self.model, row.path)
+        except FeatvisError:
+            return None
+        found = self._by_name.get(before)
+        return found.name if found is not None and found.has_channels else None
+
+    def target_of(self, name: str) -> str | None:
+        """The layer whose inputs come from this one (the inverse of ``source_of``)."""
+        return self._next.get(self._by_name[name].name) if name in self._by_name else None
+
+    def neighbours(self, row: Row) -> tuple[str | None, str | None]:
+        """The channel layers just before and after ``row`` in the layers table."""
+        at = self.order.index(row.name)
+        return (self.order[at - 1] if at else None), (self.order[at + 1] if at + 1 < len(self.order) else None)
+
+
+@torch.no_grad()
+def central_box(field: ReceptiveField) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) of the central unit's receptive field, clipped to the input."""
+    try:
+        box = field.visible(field.central_unit())
+    except FeatvisError:
+        return None
+    return box.y0, box.x0, box.y1, box.x1

@@ -1,0 +1,294 @@
+"""`featvis serve` as a real process on 127.0.0.1, driven over HTTP: pictures equal to what a separate
+`featvis render` process makes, batching of concurrent requests, reuse of the cache by a second server,
+4xx pages naming the problem (and escaped), upload limits, and a kill -9 in the middle of a render.
+
+The model is a small user CNN given as ``nets.py:small`` (as a user would); pictures are 48 px with
+a few steps, so every render takes well under a second.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette", reason="featvis serve needs the serve extra: pip install 'featvis[serve]'")
+pytest.importorskip("uvicorn", reason="featvis serve needs the serve extra: pip install 'featvis[serve]'")
+
+NETS = '''
+import os
+import time
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+import featvis
+
+
+class Sleep(nn.Module):
+    """Sleeps $FEATVIS_TEST_SLEEP seconds per forward pass (a test can kill a render in the middle)."""
+
+    def forward(self, x):
+        time.sleep(float(os.environ.get("FEATVIS_TEST_SLEEP", "0")))
+        return x
+
+
+def small():
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict([
+        ("sleep", Sleep()), ("conv1", nn.Conv2d(3, 8, 5, stride=2, padding=2)), ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(8, 12, 3, padding=1)), ("relu2", nn.ReLU()), ("odd<b>&", nn.Identity()),
+        ("conv3", nn.Conv2d(12, 10, 3, padding=1)), ("relu3", nn.ReLU()),
+        ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(10, 5)),
+    ]))
+    return featvis.FeatvisModel(net, name="small", input_size=32, labels=["cat", "dog", "fish", "bird", "<b>lizard</b>"]).freeze()
+'''
+RENDER = ["--steps", "6", "--size", "48", "--seed", "0", "--precision", "float32"]
+START_TIMEOUT = 60.0
+
+
+def write_project(folder: Path) -> Path:
+    """nets.py (the model) and photos/ (four scikit-image photos, 64 px) in ``folder``."""
+    from skimage import data
+
+    (folder / "nets.py").write_text(NETS)
+    photos = folder / "photos"
+    photos.mkdir(exist_ok=True)
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(data, name)()).convert("RGB").resize((64, 64)).save(photos / f"{name}.png")
+    return folder
+
+
+class Serve:
+    """A `featvis serve` subprocess on 127.0.0.1 (any free port), its URL read from its first line."""
+
+    def __init__(self, folder: Path, cache: Path, *extra: str, env: dict | None = None):
+        command = [sys.executable, "-m", "featvis", "serve", "nets.py:small", "--port", "0", "--cache", str(cache),
+                   *RENDER, "--workers", "0", "--window-ms", "150", "-q", *extra]
+        self.process = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, **(env or {})})
+        self.stderr: list[str] = []
+        threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
+        line = self.process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if not match:
+            self.process.kill()
+            raise AssertionError(f"no URL from featvis serve: {line!r} {''.join(self.stderr)}")
+        self.url = f"http://127.0.0.1:{match[1]}"
+
+    def get(self, path: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes, dict]:
+        request = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, answer.read(), dict(answer.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read(), dict(error.headers)
+
+    def json(self, path: str) -> dict:
+        status, body, _ = self.get(path)
+        assert status == 200, (path, status, body[:300])
+        return json.loads(body)
+
+    def keys(self, path: str) -> list[str]:
+        """The picture digests a page shows (placeholders or finished pictures)."""
+        status, body, _ = self.get(path)
+        assert status == 200, (path, status, body[:300])
+        return re.findall(r'data-(?:picture|done)="([0-9a-f]{64})"', body.decode())
+
+    def wait(self, key: str, timeout: float = 60.0) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            state = self.json(f"/api/picture/{key}")
+            if state["state"] in ("done", "failed"):
+                assert state["state"] == "done", state
+                return state
+            time.sleep(0.1)
+        raise AssertionError(f"picture {key} not ready after {timeout} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def post_raw(url: str, body: bytes, headers: dict, chunked: bool = False) -> tuple[int, str]:
+    """POST with http.client, tolerating a server that answers (413) and closes before the body is all sent."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    connection.putrequest("POST", where.path)
+    for key, value in headers.items():
+        connection.putheader(key, value)
+    connection.putheader(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(len(body)))))
+    connection.endheaders()
+    try:
+        for start in range(0, len(body), 64 * 1024):
+            piece = body[start : start + 64 * 1024]
+            connection.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        if chunked:
+            connection.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server stopped reading: its answer is waiting
+    answer = connection.getresponse()
+    text = answer.read().decode()
+    connection.close()
+    return answer.status, text
+
+
+def multipart(field: str, name: str, data: bytes) -> tuple[bytes, dict]:
+    boundary = "featvis-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def cli_render(folder: Path, specs: list[str], out: Path, extra: list[str] = ()) -> dict[str, np.ndarray]:
+    """Pixels of a separate `featvis render` process, one PNG per spec."""
+    done = subprocess.run([sys.executable, "-m", "featvis", "render", "nets.py:small", *specs, *RENDER, *extra, "--out-dir",
+                           str(out), "--json", "-q"], cwd=folder, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return {row["spec"]: np.asarray(Image.open(row["path"]).convert("RGB")) for row in json.loads(done.stdout)}
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return write_project(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    serve = Serve(project, project / "cache", "--images", "photos", "--max-upload-mb", "0.5")
+    yield serve
+    serve.stop()
+
+
+def test_concurrent_unit_requests_are_batched_into_few_render_calls(server):
+    """Eight unit pages opened at once: their 16 pictures (positive and negative) come from fewer render
+    calls than pictures, each picture's sidecar naming the specs it was rendered with (the browser test
+    compares one with a separate `featvis render` of those specs)."""
+    before = server.json("/api/stats")
+    pages: dict[int, list[str]] = {}
+    threads = [threading.Thread(target=lambda c=c: pages.__setitem__(c, server.keys(f"/layer/conv3/{c}"))) for c in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    states = {c: server.wait(keys[0]) for c, keys in pages.items()}  # the positive picture of each
+    stats = server.json("/api/stats")
+    calls = stats["render_calls"] - before["render_calls"]
+    pictures = stats["images"] - before["images"]
+    assert pictures >= 16 and calls < pictures / 2, stats
+    assert stats["largest_batch"] > 2
+    for c, state in states.items():
+        assert f"conv3:{c}" in state["meta"]["batch"] and state["spec"] == f"conv3:{c}"
+        status, body, headers = server.get("/files/" + state["files"][0])
+        assert status == 200 and headers["content-type"] == "image/png" and pixels(body).shape == (48, 48, 3)
+
+
+def test_bad_input_answers_4xx_pages_naming_the_problem(server):
+    cases = {
+        "/layer/nosuch": (404, "unknown layer &#x27;nosuch&#x27;"),
+        "/layer/conv2/12": (404, "channel 12 is out of range for layer &#x27;conv2&#x27;, which has 12 channels"),
+        "/layer/conv2/-1": (404, "bad channel &#x27;-1&#x27;"),
+        "/layer/conv2/1e3": (404, "bad channel"),
+        "/layer/fc/5": (404, "channel 5 is out of range for layer &#x27;fc&#x27;, which has 5 channels"),
+        "/layer/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E/0": (404, "unknown layer &#x27;&lt;img src=x onerror=alert(1)&gt;&#x27;"),
+        "/layer/%3Cscript%3Ealert(1)%3C%2Fscript%3E/0": (404, "no page at /layer/&lt;script&gt;alert(1)&lt;/script&gt;/0"),
+        "/files/../../../etc/passwd": (404, "no"),
+        "/files/layers/conv2/img/0-positive-0123456789.png": (404, "no finished picture"),
+        "/files/nets.py": (404, "no finished picture"),
+        "/examples/conv2/0/..%2F..%2Fnets.py": (404, "no"),
+        "/photo/0123456789abcdef": (404, "no uploaded photo"),
+        "/photo/..%2F..%2Fnets.py/input.png": (404, "no"),
+        "/api/picture/" + "0" * 64: (404, "no picture"),
+        "/nowhere": (404, "no page at /nowhere"),
+    }
+    for path, (code, text) in cases.items():
+        status, body, _ = server.get(path)
+        page = body.decode()
+        assert status == code, (path, status, page[:200])
+        assert text in page, (path, page[:500])
+        assert "Traceback" not in page and "<script>alert" not in page and "<img src=x" not in page
+    # uploads: not an image, nothing, too large (decoded through featvis's reader, limited before reading all)
+    status, body, _ = server.get("/photo", *multipart("photo", "x.png", b"\x89PNG\r\n\x1a\nnot really"))
+    assert status == 400 and "cannot read the upload" in body.decode()
+    status, body, _ = server.get("/photo", *multipart("other", "x.png", b"data"))
+    assert status == 400 and "no photo in the upload" in body.decode()
+    for chunked in (False, True):  # refused by its declared length, or while it streams in
+        status, text = post_raw(server.url + "/photo", *multipart("photo", "big.png", os.urandom(900 * 1024)), chunked=chunked)
+        assert status == 413 and "more than this server takes (0.5 MB)" in text, (chunked, status, text[-400:])
+    status, body, _ = server.get("/photo", b"garbage", {"Content-Type": "multipart/form-data; boundary=x"})
+    assert status == 400
+    assert server.get("/")[0] == 200  # still serving
+
+
+def test_pages_escape_names_from_the_model(server):
+    status, body, _ = server.get("/")
+    page = body.decode()
+    assert status == 200 and "odd&lt;b&gt;&amp;" in page and "odd<b>" not in page
+    assert 'href="/layer/odd%3Cb%3E%26"' in page
+    status, body, _ = server.get("/layer/odd%3Cb%3E%26/3")
+    assert status == 200 and "<h1>odd&lt;b&gt;&amp;:3</h1>" in body.decode()
+
+
+def test_restart_after_kill_9_mid_render_reuses_finished_pictures_and_never_serves_a_broken_one(server, project):
+    """A second server on the same cache, killed with SIGKILL while it renders, leaves no final file; a
+    broken file planted where that picture goes is never served; a restarted server shows the pictures
+    finished before at once (no render) and renders the killed one again."""
+    cache = project / "cache"
+    done_key = server.keys("/layer/conv2/7")[0]
+    finished = server.wait(done_key)
+    slow = Serve(project, cache, env={"FEATVIS_TEST_SLEEP": "0.04"})  # a forward pass takes 40 ms
+    try:
+        key = slow.keys("/layer/conv1/2")[0]
+        end = time.monotonic() + 60
+        while slow.json(f"/api/picture/{key}")["progress"] == 0 and time.monotonic() < end:
+            time.sleep(0.05)
+        settings = slow.json(f"/api/picture/{key}")["settings"]
+        slow.process.send_signal(signal.SIGKILL)
+        slow.process.wait()
+    finally:
+        slow.stop()
+    assert list((cache / "layers" / "conv1").rglob("*.png")) == []  # killed mid-render: no final file
+    target = cache / "layers" / "conv1" / "img" / f"2-positive-{key[:10]}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # as a crash of some other writer could leave it
+    again = Serve(project, cache)
+    try:
+        status, body, _ = again.get("/layer/conv2/7")
+        assert status == 200 and f'data-done="{done_key}"' in body.decode()
+        assert again.json("/api/stats")["render_calls"] == 0  # shown at once, from the cache
+        assert again.get("/files/" + finished["files"][0])[1] == server.get("/files/" + finished["files"][0])[1]
+        assert again.get(f"/files/layers/conv1/img/{target.name}")[0] == 404
+        assert again.keys("/layer/conv1/2")[0] == key
+        state = again.wait(key)
+        assert state["settings"] == settings and state["files"] == [f"layers/conv1/img/{target.name}"]
+        status, body, _ = again.get("/files/" + state["files"][0])
+        assert status == 200 and pixels(body).shape == (48, 48, 3)
+        assert target.read_bytes() == body  # the broken file was replaced by the complete picture
+    finally:
+        again.stop()

@@ -1,0 +1,90 @@
+"""`featvis serve` in a real browser (headless Debian chromium through Playwright): a unit page shows a
+placeholder, then the picture, whose pixels as drawn by the browser equal a separate `featvis render`
+process's; a circuit link leads to the connected unit's page; an uploaded photo gets its
+classification, saliency and building-blocks explanation.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="featvis serve needs the serve extra: pip install 'featvis[serve]'")
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
+
+import featvis  # noqa: E402
+
+from test_serve import Serve, cli_render, write_project  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary: install Debian's chromium (apt-get install chromium)")
+TIMEOUT_MS = 60_000
+
+PIXELS_JS = """img => {
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(img, 0, 0);
+  return Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data);
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    project = write_project(tmp_path_factory.mktemp("serve-browser"))
+    serve = Serve(project, project / "cache")
+    yield project, serve
+    serve.stop()
+
+
+def test_unit_page_shows_the_picture_featvis_render_makes_and_circuit_links_work(browser, site, tmp_path):
+    project, serve = site
+    page = browser.new_page()
+    answer = page.goto(serve.url + "/layer/conv3/4")
+    assert answer.status == 200 and 'class="pending"' in answer.text()  # answered before the render, with a placeholder
+    img = page.wait_for_selector("#picture-positive img[data-done]", timeout=TIMEOUT_MS)
+    shown = np.array(img.evaluate(PIXELS_JS), dtype=np.uint8).reshape(48, 48, 4)[..., :3]
+    state = serve.json(f"/api/picture/{img.get_attribute('data-done')}")
+    expected = cli_render(project, state["meta"]["batch"], tmp_path)
+    assert np.array_equal(shown, expected["conv3:4"])
+
+    # circuits: conv3 reads the layer before it ("odd<b>&", an identity): follow its strongest input
+    link = page.wait_for_selector("a.circuit-link", timeout=TIMEOUT_MS)
+    name = link.inner_text().splitlines()[-1]
+    assert name.startswith("odd<b>&:")
+    link.click()
+    page.wait_for_url("**/layer/odd%3Cb%3E%26/*")
+    assert page.inner_text("h1") == name
+    page.wait_for_selector("#picture-positive img[data-done]", timeout=TIMEOUT_MS)
+    assert page.locator("#neighbours a").count() >= 2
+    page.close()
+
+
+def test_uploaded_photo_is_classified_and_explained(browser, site):
+    project, serve = site
+    page = browser.new_page()
+    page.goto(serve.url + "/photo")
+    photo = project / "photos" / "chelsea.png"
+    page.set_input_files("input[name=photo]", str(photo))
+    page.click("button[type=submit]")
+    page.wait_for_url("**/photo/*")
+    page.wait_for_selector("#classes", timeout=TIMEOUT_MS)
+    rows = page.locator("#classes tr td:first-child").all_inner_texts()
+    model = featvis.load_model(f"{project / 'nets.py'}:small", progress=False)  # in this process, independently
+    expected = model.classify([featvis.load_image(photo)], top=5)[0]
+    assert rows == [f"{label} ({index})" for index, label, _ in expected]  # "<b>lizard</b>" shown as text
+    saliency = page.wait_for_selector("img[alt=saliency]")
+    assert saliency.evaluate("img => img.complete && img.naturalWidth > 0")
+    frame = page.frame_locator("#explanation")
+    assert "relu3" in frame.locator("body").inner_text(timeout=TIMEOUT_MS)
+    page.close()

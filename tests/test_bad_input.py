@@ -107,6 +107,7 @@ CASES = [
     (["circuit", "nets.py:marked", "conv:0", "--from", "conv", "-o", "keep.xyz"], {}, "cannot save a figure as '.xyz'"),
     (["examples", "nets.py:marked", "--images", "photos", "--layers", "conv", "-o", "examples"], {}, "no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp, .ppm) in photos"),
     (["atlas", "nets.py:marked", "--images", "photos", "--layer", "conv", "-o", "keep.png"], {}, "no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp, .ppm) in photos"),
+    (["serve", "nets.py:marked", "--port", "99999"], {}, "a port is 0..65535, got 99999"),
 ]
 
 

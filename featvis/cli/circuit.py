@@ -73,7 +73,7 @@ def _figure(model, connections, args: argparse.Namespace):
 
     ends = [(c.layer, c.channel) for c in connections.inputs + connections.outputs]
     specs = [connections.unit] + [f"{layer}:{channel}" for layer, channel in ends]
-    results = render(model, specs, steps=args.steps, size=args.size, seed=args.seed, batch=len(specs),
+    results = render(model, specs, steps=args.steps, size=args.size, seed=args.seed, batch=len(specs), strict=False,
                      precision=args.precision, progress=show_progress(args))
     if len(results) < len(specs) or any(r.interrupted for r in results):
         raise KeyboardInterrupt

@@ -21,6 +21,7 @@ channels (``benchmarks/bench_render.py`` and ``bench_process.py`` measure the wh
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Iterator
 
 import torch
@@ -161,8 +162,14 @@ def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether `_Conv` can run ``conv`` on ``x``: oneDNN's bfloat16 convolution needs AVX512BW/VL/DQ or
     AVX-NE-CONVERT (elsewhere PyTorch's own convolution path runs bfloat16)."""
     return (x.device.type == "cpu" and x.dim() == 4 and torch.backends.mkldnn.is_available()
-            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bfloat16()))
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+@functools.cache
+def _onednn_bfloat16() -> bool:
+    """Whether this CPU runs oneDNN's bfloat16 convolution (asked once: `_onednn` is on every convolution's path)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _fusable(conv: nn.Conv2d, x: torch.Tensor) -> bool:

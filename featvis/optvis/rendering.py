@@ -287,9 +287,9 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
         try:
             with frozen(model, dtype):
                 phase.enter_context(redirected_relus(model))
-                start = image_param().detach()
+                start = image_param().detach().cpu()
                 if 0 in keep:
-                    kept[0] = start.cpu()
+                    kept[0] = start
                 for step in range(steps):
                     if step == REDIRECT_STEPS:
                         phase.close()
@@ -335,7 +335,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
         result.alpha = alpha_map(transparency[b].cpu()) if transparency is not None else None
         result.distance = float(far[b]) if accentuation is not None else None
         result.precision = str(dtype).removeprefix("torch.")
-        if done and not interrupted and torch.equal(start[b].cpu(), final[b]):
+        if done and not interrupted and torch.equal(start[b], final[b]):
             result.unmoved = _unmoved(result, layers_of[result.spec])
     return results
 

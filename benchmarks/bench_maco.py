@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import featvis
-from featvis.fileio import ensure_writable_dir
+from featvis._util.fileio import ensure_writable_dir
 from featvis.optvis import layer_shapes, render
 
 DEPTHS = ("_blocks.6", "_blocks.14", "_blocks.19")

@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import featvis
 from featvis.optvis import REDIRECT_STEPS, compute_dtype, render
-from featvis.probe import Probe
+from featvis.core.probe import Probe
 
 LAYER, SIZE, TOTAL_STEPS = "mixed4a", 128, 512
 

@@ -15,7 +15,7 @@ import torch
 
 import featvis
 from featvis.saliency import METHODS, attribute, guided_model
-from featvis.sanity import deletion_insertion
+from featvis.saliency.sanity import deletion_insertion
 from timing import median_seconds
 
 IG_BATCHES = (1, 5, 10, 25, 50)

@@ -51,7 +51,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .settings import resolve_settings
+from ._util.settings import resolve_settings
 
 __version__ = "0.1.0"
 resolve_settings()  # relative FEATVIS_WEIGHTS_DIR / FEATVIS_CACHE_DIR: against the start directory, for children too
@@ -59,22 +59,22 @@ resolve_settings()  # relative FEATVIS_WEIGHTS_DIR / FEATVIS_CACHE_DIR: against 
 #: Public name -> the submodule that defines it (a module's own name: the module itself).
 #: Append new exports here and to ``__all__``.
 _EXPORTS: dict[str, str] = {
-    "FeatvisError": "errors",
-    "feature_map_grid": "feature_maps",
-    "feature_map_overlay": "feature_maps",
-    "save_figure": "figures",
-    "filter_grid": "filters",
-    "filter_images": "filters",
-    "GradientReport": "gradcheck",
-    "check_gradients": "gradcheck",
-    "as_image": "images",
-    "load_image": "images",
-    "max_pixels": "images",
-    "sample_photos": "images",
-    "save_image": "images",
-    "imagenet_labels": "labels",
-    "FeatvisModel": "model",
-    "as_model": "model",
+    "FeatvisError": "_util.errors",
+    "feature_map_grid": "inspect.feature_maps",
+    "feature_map_overlay": "inspect.feature_maps",
+    "save_figure": "core.figures",
+    "filter_grid": "inspect.filters",
+    "filter_images": "inspect.filters",
+    "GradientReport": "reference.gradcheck",
+    "check_gradients": "reference.gradcheck",
+    "as_image": "core.images",
+    "load_image": "core.images",
+    "max_pixels": "core.images",
+    "sample_photos": "core.images",
+    "save_image": "core.images",
+    "imagenet_labels": "models.labels",
+    "FeatvisModel": "models.wrapper",
+    "as_model": "models.wrapper",
     "load_model": "models",
     "optvis": "optvis",
     "Objective": "optvis",
@@ -83,11 +83,11 @@ _EXPORTS: dict[str, str] = {
     "objectives": "optvis",
     "parse_spec": "optvis",
     "render": "optvis",
-    "Probe": "probe",
-    "capture": "probe",
-    "check_device": "devices",
-    "effective_field_figure": "effective_rf",
-    "effective_receptive_field": "effective_rf",
+    "Probe": "core.probe",
+    "capture": "core.probe",
+    "check_device": "_util.devices",
+    "effective_field_figure": "receptive_field.effective",
+    "effective_receptive_field": "receptive_field.effective",
     "ReceptiveField": "receptive_field",
     "receptive_field": "receptive_field",
     "receptive_fields": "receptive_field",
@@ -97,9 +97,9 @@ _EXPORTS: dict[str, str] = {
     "guided_model": "saliency",
     "saliency": "saliency",
     "saliency_figure": "saliency",
-    "cascading_randomization": "sanity",
-    "deletion_insertion": "sanity",
-    "sanity_figure": "sanity",
+    "cascading_randomization": "saliency.sanity",
+    "deletion_insertion": "saliency.sanity",
+    "sanity_figure": "saliency.sanity",
     "plausibility": "optvis",
     "expanded_weights": "circuits",
     "top_connections": "circuits",
@@ -111,8 +111,8 @@ _EXPORTS: dict[str, str] = {
     "ExamplesResult": "examples",
     "dataset_examples": "examples",
     "merge_examples": "examples",
-    "Atlas": "atlas",
-    "activation_atlas": "atlas",
+    "Atlas": "examples.atlas",
+    "activation_atlas": "examples.atlas",
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import featvis
-from featvis.weights import WEIGHTS_ENV
+from featvis.models.weights import WEIGHTS_ENV
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 import featvis
-from featvis.atlas import _forward, activation_atlas, bin_cells
+from featvis.examples.atlas import _forward, activation_atlas, bin_cells
 from featvis.examples import sample_collection
 from examples_models import slow_cnn
 from test_gallery import run_cli
@@ -84,7 +84,7 @@ def test_atlas_cells_are_means_of_real_activation_vectors(collection, tmp_path):
 
 
 def test_sampled_vectors_are_activations_of_their_image(collection):
-    from featvis.atlas import AtlasSampler
+    from featvis.examples.atlas import AtlasSampler
     from featvis.examples.source import list_images, loader
 
     model = slow_cnn()

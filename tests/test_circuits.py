@@ -14,7 +14,7 @@ from torch import nn
 
 import featvis
 from featvis.circuits.families import average_linkage
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 from featvis.receptive_field import relative_field
 
 

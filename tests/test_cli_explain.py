@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from featvis.cli import main
-from featvis.images import load_image, save_image
+from featvis.core.images import load_image, save_image
 
 NETS = """
 import torch

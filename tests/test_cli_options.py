@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from featvis.cli import main
-from featvis.images import save_image
+from featvis.core.images import save_image
 
 NETS = '''
 import torch

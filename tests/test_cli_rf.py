@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from featvis.cli import main
-from featvis.images import save_image
+from featvis.core.images import save_image
 
 NETS = '''
 import torch.nn.functional as F

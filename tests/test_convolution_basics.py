@@ -1,4 +1,4 @@
-"""The lecture's facts about convolution and pooling, checked on featvis.reference and featvis.shapes.
+"""The lecture's facts about convolution and pooling, checked on featvis.reference and featvis.core.shapes.
 
 The same facts are shown in notebooks/01_convolution_basics.ipynb. Ground truths: PyTorch's
 layers, hand-computed numbers from the definitions, and scikit-image's Sobel edge map.
@@ -13,7 +13,7 @@ from skimage import data, filters
 from torch import nn
 
 from featvis import reference
-from featvis.shapes import conv_output_shape, conv_param_count, pool_output_shape
+from featvis.core.shapes import conv_output_shape, conv_param_count, pool_output_shape
 
 EDGE_KERNEL = np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], dtype=np.float64)
 

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 import featvis
-from featvis.effective_rf import effective_field_figure, effective_receptive_field
-from featvis.figures import save_figure
+from featvis.receptive_field.effective import effective_field_figure, effective_receptive_field
+from featvis.core.figures import save_figure
 from featvis.receptive_field import Box
 
 

@@ -10,7 +10,7 @@ from sklearn.decomposition import NMF
 from torch import nn
 
 import featvis
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 from featvis.explain import blocks, compose_grid, explain, nmf, unit_centres
 
 

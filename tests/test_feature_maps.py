@@ -11,12 +11,12 @@ from matplotlib.patches import Rectangle
 from torch import nn
 
 import featvis
-from featvis.errors import FeatvisError
-from featvis.feature_maps import (
+from featvis import FeatvisError
+from featvis.core.probe import spatial_layers
+from featvis.inspect.feature_maps import (
     feature_map_grid,
     feature_map_overlay,
     feature_maps,
-    spatial_layers,
     to_input_space,
     top_channels,
 )

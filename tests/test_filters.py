@@ -10,9 +10,9 @@ import torchvision
 from matplotlib.figure import Figure
 
 import featvis
-from featvis.errors import FeatvisError
-from featvis.figures import figure_bytes, save_figure
-from featvis.filters import conv_layer, filter_grid, filter_images, rgb_kernels
+from featvis import FeatvisError
+from featvis.core.figures import figure_bytes, save_figure
+from featvis.inspect.filters import conv_layer, filter_grid, filter_images, rgb_kernels
 
 
 def _interior_equal(model: featvis.FeatvisModel, layer: str, photo: torch.Tensor) -> None:

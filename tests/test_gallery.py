@@ -33,8 +33,8 @@ import featvis
 from featvis.optvis.plausibility import plausibility
 from featvis.cli import main
 from featvis.gallery import make_gallery, parse_channels, parse_shard, rebuild_index, shard_from_env, slug
-from featvis.gallery.plan import Layer, plan_units, shard_units
-from featvis.html import tag
+from featvis.core.plan import Layer, plan_units, shard_units
+from featvis._util.html import tag
 from featvis.optvis import compute_dtype
 
 HERE = Path(__file__).resolve()
@@ -228,7 +228,7 @@ def test_patches_are_receptive_fields_of_the_strongest_units(gallery, photos):
                             min(32, stride * y - pad + size), min(32, stride * x - pad + size)]
                 assert patch["box"] == expected
                 y0, x0, y1, x1 = expected
-                crop = np.asarray(featvis.images.to_pil(prepared[name][:, y0:y1, x0:x1]))
+                crop = np.asarray(featvis.core.images.to_pil(prepared[name][:, y0:y1, x0:x1]))
                 assert np.array_equal(np.asarray(Image.open(out / patch["image"]).convert("RGB")), crop)
 
 

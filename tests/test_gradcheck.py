@@ -13,9 +13,9 @@ from torch import nn
 
 import featvis
 from featvis import reference
-from featvis.errors import FeatvisError
-from featvis.gradcheck import EXPECTED_GRADIENT, FINITE_DIFFERENCES, REFERENCE_BACKWARD
-from featvis.shapes import pool_output_shape
+from featvis import FeatvisError
+from featvis.reference.gradcheck import EXPECTED_GRADIENT, FINITE_DIFFERENCES, REFERENCE_BACKWARD
+from featvis.core.shapes import pool_output_shape
 
 
 def _rows(report, against):

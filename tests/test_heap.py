@@ -1,4 +1,4 @@
-"""`featvis.heap.keep_freed_memory`, measured by the kernel: page faults (getrusage) while tensors
+"""`featvis._util.heap.keep_freed_memory`, measured by the kernel: page faults (getrusage) while tensors
 of render-activation size are allocated and freed again and again, inside and outside the block,
 and the resident memory given back on leaving it (/proc/self/statm). In a fresh process each, as
 the allocator settings are process-wide."""
@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from featvis.heap import _glibc
+from featvis._util.heap import _glibc
 
 pytestmark = pytest.mark.skipif(_glibc() is None, reason="keep_freed_memory acts on glibc's malloc only (Linux)")
 
 PROBE = """
 import json, os, resource, torch
-from featvis.heap import keep_freed_memory
+from featvis._util.heap import keep_freed_memory
 
 def faults(rounds=10):
     # page faults of activations of 40 MiB (a batch-16 conv1 output is 51 MB) built and freed

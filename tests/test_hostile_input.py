@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 import featvis
-from featvis.devices import check_device
+from featvis import check_device
 from featvis.optvis.transforms import STANDARD
-from featvis.weights import BVLC_GOOGLENET, CACHE_ENV, SQUEEZENET1_1, URL_ENV, WEIGHTS_ENV, state_digest
+from featvis.models.weights import BVLC_GOOGLENET, CACHE_ENV, SQUEEZENET1_1, URL_ENV, WEIGHTS_ENV, state_digest
 
 MAIN = "import sys; from featvis.cli import main; sys.exit(main(sys.argv[1:]))"
 

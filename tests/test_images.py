@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import featvis
-from featvis.images import load_image, save_image
+from featvis.core.images import load_image, save_image
 
 
 def test_grayscale_rgba_16bit_and_palette_are_converted(tmp_path):

@@ -18,9 +18,9 @@ from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1 as LucentIncepti
 
 import featvis
 from featvis.cli import main
-from featvis.labels import imagenet_synsets
+from featvis.models.labels import imagenet_synsets
 from featvis.models.inceptionv1_lucid import InceptionV1Lucid, SamePad, lucid_state_dict
-from featvis.weights import WEIGHTS_ENV
+from featvis.models.weights import WEIGHTS_ENV
 from test_receptive_field import check_against_measurement
 
 BLOCKS = ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")

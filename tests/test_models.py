@@ -10,8 +10,8 @@ import torchvision
 from torch import nn
 
 import featvis
-from featvis.filters import conv_layer
-from featvis.gallery.plan import resolve_layers
+from featvis.inspect.filters import conv_layer
+from featvis.core.plan import resolve_layers
 from featvis.models.inceptionv1 import BLOCKS, CAFFE_LAYERS, InceptionV1
 
 

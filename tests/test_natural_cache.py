@@ -12,7 +12,7 @@ from torch import nn
 import featvis
 from featvis.optvis import natural
 from featvis.optvis.natural import natural_max, photo_crops
-from featvis.settings import CACHE_ENV
+from featvis._util.settings import CACHE_ENV
 
 PLAUSIBILITY = importlib.import_module("featvis.optvis.plausibility")  # the module (featvis.optvis.plausibility is its function)
 

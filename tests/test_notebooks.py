@@ -9,7 +9,7 @@ import nbclient
 import nbformat
 import pytest
 
-from featvis.weights import WEIGHTS_ENV
+from featvis.models.weights import WEIGHTS_ENV
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 REAL_MODELS = ('"inceptionv1"', '"squeezenet1_1"', "'inceptionv1'", "'squeezenet1_1'")

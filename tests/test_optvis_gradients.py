@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 
-from featvis.gradcheck import EXPECTED_GRADIENT, FINITE_DIFFERENCES, check_gradients
+from featvis.reference.gradcheck import EXPECTED_GRADIENT, FINITE_DIFFERENCES, check_gradients
 from featvis.optvis import RedirectedReLU, redirected_relus
 from featvis.optvis.fast_layers import fast_layers, fused_conv_relus, local_response_norm
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import featvis
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 from featvis.optvis import channel, diversity, natural_max, photo_crops
 
 

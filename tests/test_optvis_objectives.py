@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import featvis
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 from featvis.optvis import (
     alignment, blur, channel, deepdream, direction, direction_neuron, diversity, interpolate, l1, l2, layer_shapes, neuron,
     parse_spec, total_variation,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 from featvis.optvis import FourierImage, PixelImage, make_param
 from featvis.optvis.param import COLOR, COLOR_CORRELATION_SVD_SQRT, rfft2d_freqs
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import featvis
-from featvis.errors import FeatvisError
-from featvis.images import png_bytes
+from featvis import FeatvisError
+from featvis.core.images import png_bytes
 from featvis.optvis import Objective, channel, diversity, natural_max, render
 from featvis.optvis.fast_layers import fast_layers
 from featvis.optvis.precision import frozen

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featvis.errors import FeatvisError
-from featvis.gradcheck import check_gradients
+from featvis import FeatvisError
+from featvis.reference.gradcheck import check_gradients
 from featvis.optvis import Transforms
 from featvis.optvis.transforms import STANDARD, affine_theta, apply, resize, resolve
 

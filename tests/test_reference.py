@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 from featvis import reference
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 
 TOL = 1e-10
 # PyTorch warns that 'same' padding with an even kernel copies the input; irrelevant here

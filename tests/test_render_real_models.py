@@ -18,7 +18,7 @@ from torch import nn
 
 import featvis
 from featvis.cli import main
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 from featvis.optvis import render
 from featvis.optvis import precision as precision_module
 from featvis.optvis.transforms import resize

@@ -14,7 +14,7 @@ from captum.attr import GuidedBackprop
 from torch import nn
 
 import featvis
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 from featvis.saliency import attribute, guided_model, saliency
 
 ESPRESSO = 967

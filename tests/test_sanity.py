@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import featvis
-from featvis.errors import FeatvisError
+from featvis import FeatvisError
 from featvis.saliency import saliency
-from featvis.sanity import (
+from featvis.saliency.sanity import (
     SanityStep,
     blurred,
     cascading_randomization,

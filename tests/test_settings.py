@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import featvis
-from featvis.settings import CACHE_ENV, WEIGHTS_ENV
+from featvis._util.settings import CACHE_ENV, WEIGHTS_ENV
 
 SHOW = "import os, featvis; print(os.environ['{name}'])"
 

@@ -1,4 +1,4 @@
-"""featvis.shapes against the shapes and parameter counts PyTorch's own layers produce."""
+"""featvis.core.shapes against the shapes and parameter counts PyTorch's own layers produce."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from featvis.errors import FeatvisError
-from featvis.shapes import conv_output_shape, conv_param_count, pool_output_shape
+from featvis import FeatvisError
+from featvis.core.shapes import conv_output_shape, conv_param_count, pool_output_shape
 
 SWEEP = settings(max_examples=100, deadline=None, derandomize=True)
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")

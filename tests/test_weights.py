@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import featvis
-from featvis.weights import BVLC_GOOGLENET, CACHE_ENV, URL_ENV, WEIGHTS_ENV
+from featvis.models.weights import BVLC_GOOGLENET, CACHE_ENV, URL_ENV, WEIGHTS_ENV
 
 CORRUPT = "weights/inception_4a/5x5_filter.bin"
 TRUNCATED = "weights/inception_3b/3x3_filter.bin"

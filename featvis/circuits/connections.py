@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FeatvisError
-from ..images import load_image
-from ..model import FeatvisModel, as_model
-from ..probe import capture
+from .._util.errors import FeatvisError
+from ..core.images import load_image
+from ..core.probe import capture
+from ..models.wrapper import FeatvisModel, as_model
 from .expanded import expanded_weights, fitted_field
 
 SIGNS = (None, "positive", "negative")

@@ -34,9 +34,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
-from ..errors import FeatvisError
-from ..model import FeatvisModel, as_model
-from ..probe import capture
+from .._util.errors import FeatvisError
+from ..core.probe import capture
+from ..models.wrapper import FeatvisModel, as_model
 from ..receptive_field import ReceptiveField, relative_field
 
 #: Activations taken as the identity (Olah et al.'s linearization), and local response norm.

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FeatvisError
-from ..model import FeatvisModel, as_model
+from .._util.errors import FeatvisError
+from ..models.wrapper import FeatvisModel, as_model
 from .expanded import expanded_weights
 
 MAX_CHANNELS = 4096  # channels clustered at once (the distance matrix is channels^2)

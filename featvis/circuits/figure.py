@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
-from ..figures import SIGNED_CMAP, add_colorbar, new_figure, show_image, style_panel
+from ..core.figures import SIGNED_CMAP, add_colorbar, new_figure, show_image, style_panel
 from .connections import Connection, Connections
 
 

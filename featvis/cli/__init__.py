@@ -16,9 +16,9 @@ import importlib
 import sys
 from typing import Sequence
 
-from ..errors import FeatvisError
-from ..failures import routed_warnings, user_code_error
-from ..heap import keep_freed_memory
+from .._util.errors import FeatvisError
+from .._util.failures import routed_warnings, user_code_error
+from .._util.heap import keep_freed_memory
 from .streams import commands_own_stdout
 
 COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain", "examples", "atlas", "serve"]

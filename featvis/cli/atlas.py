@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
 
 
@@ -39,9 +39,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atlas import activation_atlas, require_umap
+    from .._util.fileio import ensure_writable_dir
+    from ..examples.atlas import activation_atlas, require_umap
     from ..examples.source import list_images
-    from ..fileio import ensure_writable_dir
 
     require_umap()
     if not args.out.lower().endswith(".png"):

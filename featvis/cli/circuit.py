@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
 
 
@@ -34,10 +34,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._util.fileio import ensure_writable_dir
     from ..circuits.connections import top_connections
-    from ..figures import figure_format
-    from ..fileio import ensure_writable_dir
-    from ..images import load_image
+    from ..core.figures import figure_format
+    from ..core.images import load_image
 
     if args.k < 1 or args.k > 64:
         raise FeatvisError(f"--k must be between 1 and 64, got {args.k}")
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 def _figure(model, connections, args: argparse.Namespace):
     """Render the unit and every connection in one batch, then draw and save the figure."""
     from ..circuits.figure import circuit_figure
-    from ..figures import save_figure
+    from ..core.figures import save_figure
     from ..optvis import render
 
     ends = [(c.layer, c.channel) for c in connections.inputs + connections.outputs]

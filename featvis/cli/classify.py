@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import load_image
+    from ..core.images import load_image
 
     photos = [load_image(path) for path in args.images]  # read every image before loading the model
     model = model_from_args(args)

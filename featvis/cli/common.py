@@ -13,12 +13,12 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..choices import PRECISIONS
-from ..errors import FeatvisError
-from ..fileio import check_output_file  # standard library only: no torch at parser-building time
+from .._util.choices import PRECISIONS
+from .._util.errors import FeatvisError
+from .._util.fileio import check_output_file  # standard library only: no torch at parser-building time
 
 if TYPE_CHECKING:
-    from ..model import FeatvisModel
+    from ..models.wrapper import FeatvisModel
 
 BUILTIN_MODELS = ("inceptionv1", "googlenet", "squeezenet1_1")
 MODEL_HELP = (
@@ -80,7 +80,7 @@ def positive_int(text: str) -> int:
 
 def check_figure_output(path: str) -> None:
     """Refuse, before any work, a figure path with a bad extension or naming a folder."""
-    from ..figures import figure_format  # matplotlib only for the commands that draw
+    from ..core.figures import figure_format  # matplotlib only for the commands that draw
 
     figure_format(path)
     check_output_file(path)

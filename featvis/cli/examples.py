@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from .common import add_model_args, add_out_arg, model_from_args, print_json, show_progress
 
 
@@ -48,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if missing and not args.merge:  # checked before torch is imported
         raise FeatvisError(f"missing {', '.join(missing)}; run `featvis examples MODEL --images SOURCE --layers L1,L2 "
                            "--out DIR`")
+    from .._util.fileio import ensure_writable_dir
     from ..examples import dataset_examples, merge_examples
     from ..examples.engine import MAX_K
     from ..examples.source import list_images
-    from ..fileio import ensure_writable_dir
     from ..gallery import parse_shard
     from .gallery import _device
 

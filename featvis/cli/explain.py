@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
 
 
@@ -45,10 +45,10 @@ def _position(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._util.fileio import atomic_write_text, ensure_writable_dir
+    from ..core.figures import save_figure
+    from ..core.images import load_image, save_image
     from ..explain import attribution_figure, explain, explanation_page, grid_image, groups_figure
-    from ..fileio import atomic_write_text, ensure_writable_dir
-    from ..figures import save_figure
-    from ..images import load_image, save_image
 
     output = Path(args.out)
     if output.suffix.lower() not in (".html", ".htm"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..choices import NORMALIZE
+from .._util.choices import NORMALIZE
 from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, print_json
 
 
@@ -34,8 +34,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..figures import save_figure
-    from ..filters import conv_layer, filter_grid
+    from ..core.figures import save_figure
+    from ..inspect.filters import conv_layer, filter_grid
 
     check_figure_output(args.out)  # refuse a bad extension or path before any work
     model = model_from_args(args)

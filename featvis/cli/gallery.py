@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..choices import GALLERY_BATCH, GALLERY_PATCHES
-from ..errors import FeatvisError
+from .._util.choices import GALLERY_BATCH, GALLERY_PATCHES
+from .._util.errors import FeatvisError
 from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
 
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [name for name, value in (("MODEL", args.model), ("--layers", args.layers), ("--out", args.out)) if not value]
     if missing and not args.index_only:  # argument errors before any heavy import
         raise FeatvisError(f"missing {', '.join(missing)}; run `featvis gallery MODEL --layers L1,L2 --out DIR`")
-    from ..fileio import ensure_writable_dir
+    from .._util.fileio import ensure_writable_dir
     from ..gallery import make_gallery, parse_shard, rebuild_index
 
     if args.index_only:

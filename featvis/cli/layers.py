@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..layer_table import layer_table
+    from ..core.layer_table import layer_table
 
     model = model_from_args(args, pretrained=False)  # shapes need no weights
     rows = layer_table(model, args.input_size or model.input_size)

@@ -24,9 +24,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..feature_maps import feature_map_grid, feature_map_overlay, feature_maps, top_channels
-    from ..figures import save_figure
-    from ..images import load_image
+    from ..core.figures import save_figure
+    from ..core.images import load_image
+    from ..inspect.feature_maps import feature_map_grid, feature_map_overlay, feature_maps, top_channels
 
     check_figure_output(args.out)  # refuse a bad extension or path before any work
     photo = load_image(args.image)

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import FeatvisError
-from .common import (add_model_args, add_out_arg, add_precision_arg, model_from_args, positive_int, print_json,
-                     show_progress)
+from .._util.errors import FeatvisError
+from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, positive_int, print_json, show_progress
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +71,7 @@ def image_grid(images: "list[torch.Tensor]") -> "torch.Tensor":
     """Images [3, s, s] side by side on white in a near-square grid."""
     import torch
 
-    from ..figures import grid_shape
+    from ..core.figures import grid_shape
 
     rows, cols = grid_shape(len(images))
     side = images[0].shape[-1] + GRID_GAP
@@ -85,8 +84,8 @@ def image_grid(images: "list[torch.Tensor]") -> "torch.Tensor":
 
 def _paths(args: argparse.Namespace) -> list[Path]:
     """Final output path per spec (unique names in --out-dir); checks the folder is writable first."""
-    from ..fileio import check_output_file, ensure_writable_dir
-    from ..images import image_format
+    from .._util.fileio import check_output_file, ensure_writable_dir
+    from ..core.images import image_format
 
     if args.out:
         image_format(args.out)  # refuse a bad extension before any work
@@ -135,7 +134,7 @@ def alpha_path(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import load_image, save_image
+    from ..core.images import load_image, save_image
     from ..optvis import parse_spec, render
     from ..optvis.accentuation import DEFAULT_DISTANCE
 

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-
 from typing import TYPE_CHECKING
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, print_json
 
 if TYPE_CHECKING:
@@ -70,9 +69,9 @@ def _row(field: ReceptiveField) -> tuple[str, ...]:
 
 
 def _effective(args: argparse.Namespace) -> int:
-    from ..effective_rf import effective_field_figure, effective_receptive_field
-    from ..figures import save_figure
-    from ..images import load_image
+    from ..core.figures import save_figure
+    from ..core.images import load_image
+    from ..receptive_field.effective import effective_field_figure, effective_receptive_field
 
     if len(args.layers) != 1:
         raise FeatvisError(f"--effective measures one layer; give exactly one LAYER (got {len(args.layers)})")

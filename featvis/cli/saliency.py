@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..choices import LAYERED, METHODS, OVERLAYS
+from .._util.choices import LAYERED, METHODS, OVERLAYS
 from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, positive_int, print_json
 
 
@@ -30,10 +30,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..figures import save_figure
-    from ..images import load_image
+    from ..core.figures import save_figure
+    from ..core.images import load_image
     from ..saliency import saliency
-    from ..sanity import cascading_randomization, deletion_insertion, report_figure
+    from ..saliency.sanity import cascading_randomization, deletion_insertion, report_figure
 
     check_figure_output(args.out)  # refuse a bad extension or path before any work
     photo = load_image(args.image)

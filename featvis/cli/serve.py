@@ -10,7 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from .common import add_model_args, add_precision_arg, model_from_args, positive_int
 
 FULL_STEPS = 512
@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise FeatvisError('featvis serve needs Starlette and uvicorn: pip install "featvis[serve]"') from None
-    from ..serve import Server, ServeOptions
-    from ..weights import cache_dir
+    from ..models.weights import cache_dir
+    from ..serve import ServeOptions, Server
 
     _check(args)
     cache = Path(args.cache) if args.cache else cache_dir() / "serve"

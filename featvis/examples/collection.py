@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import FeatvisError
-from ..images import sample_photos, save_image
+from .._util.errors import FeatvisError
+from ..core.images import sample_photos, save_image
 
 
 def sample_collection(folder: str | os.PathLike, count: int, *, size: int = 64, seed: int = 0,

@@ -20,12 +20,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import FeatvisError
-from ..fileio import atomic_write_text, ensure_writable_dir
-from ..gallery.job import model_fingerprint
-from ..gallery.plan import parse_layers, shard_from_env
-from ..model import FeatvisModel, as_model
-from ..probe import Probe
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_text, ensure_writable_dir
+from ..core.plan import parse_layers, shard_from_env
+from ..core.probe import Probe
+from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from .layers import PassLayer, resolve_pass_layers
 from .results import FORMAT, SHARD_DIR, merge_docs, read_shards, shard_file, summary_of, write_final
 from .source import Batch, check_loader_args, images_digest, list_images

@@ -13,10 +13,10 @@ from typing import Sequence
 
 import torch
 
-from ..errors import FeatvisError
-from ..gallery.plan import Layer, parse_channels, slug
-from ..model import FeatvisModel
-from ..probe import capture
+from .._util.errors import FeatvisError
+from ..core.plan import Layer, parse_channels, slug
+from ..core.probe import capture
+from ..models.wrapper import FeatvisModel
 from ..receptive_field import ReceptiveField, receptive_fields
 
 

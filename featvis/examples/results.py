@@ -20,9 +20,9 @@ from typing import Sequence
 
 import torch
 
-from ..errors import FeatvisError
-from ..fileio import atomic_write_bytes
-from ..images import png_bytes
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_bytes
+from ..core.images import png_bytes
 from .source import box_in_file, loader
 
 FORMAT = "featvis-examples-shard"

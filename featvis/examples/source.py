@@ -2,8 +2,8 @@
 
 The image list is sorted by path, so an image's index in it is also its rank in the tie-break
 order, and every process of a sharded job computes the same list. Worker processes decode
-through ``featvis.images.load_image`` (its format handling and limits apply) and prepare each
-photo as the model classifies it (``featvis.model.prepare_image``). An unreadable image becomes
+through ``featvis.core.images.load_image`` (its format handling and limits apply) and prepare each
+photo as the model classifies it (``featvis.models.wrapper.prepare_image``). An unreadable image becomes
 a ``None`` with its error, never an exception: the stream skips and lists it.
 """
 
@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import FeatvisError
-from ..images import IMAGE_SUFFIXES, load_image
-from ..model import prepare_geometry, prepare_image
+from .._util.errors import FeatvisError
+from ..core.images import IMAGE_SUFFIXES, load_image
+from ..models.wrapper import prepare_geometry, prepare_image
 
 MAX_BATCH = 4096
 MAX_WORKERS = 256

@@ -23,7 +23,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from ..fileio import atomic_output
+from .._util.fileio import atomic_output
 from .source import Batch, loader
 
 

@@ -10,7 +10,7 @@
   (run a model from a layer on), `unit_centres`, `compose_grid`
 """
 
-from ..callable_module import make_callable
+from .._util.callable_module import make_callable
 from .attribution import LayerInput, group_flow, layer_activations, logit_gradient
 from .blocks import Explanation, Groups, explain
 from .grid import compose_grid, unit_centres

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import FeatvisError
-from ..model import FeatvisModel
-from ..probe import Probe
+from .._util.errors import FeatvisError
+from ..core.probe import Probe
+from ..models.wrapper import FeatvisModel
 
 
 class LayerInput:

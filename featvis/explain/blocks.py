@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from ..errors import FeatvisError
-from ..feature_maps import model_input, spatial_layers
-from ..model import FeatvisModel, as_model
+from .._util.errors import FeatvisError
+from ..core.probe import model_input, spatial_layers
+from ..models.wrapper import FeatvisModel, as_model
 from ..optvis import Objective, channel, direction_neuron, render
 from ..saliency import resolve_target
 from .attribution import group_flow, layer_activations, logit_gradient

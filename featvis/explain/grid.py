@@ -14,8 +14,8 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from ..errors import FeatvisError
-from ..model import FeatvisModel
+from .._util.errors import FeatvisError
+from ..models.wrapper import FeatvisModel
 from ..receptive_field import receptive_field
 
 #: Icons are drawn about this many pixels wide (the enlargement of the photo follows from it).

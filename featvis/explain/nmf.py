@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 
 _EPS = 1e-12
 

@@ -2,8 +2,8 @@
 
 The page inlines every image as a ``data:`` URI and its CSS, so it opens from disk or an e-mail
 with nothing loaded from the network; all text (labels, layer and file names) is escaped by
-`featvis.html`. Maps are drawn over the photo at the units' receptive-field centres
-(`featvis.feature_maps.to_input_space`), never stretched.
+`featvis._util.html`. Maps are drawn over the photo at the units' receptive-field centres
+(`featvis.inspect.feature_maps.to_input_space`), never stretched.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..feature_maps import to_input_space
-from ..figures import TITLE_SIZE, add_colorbar, figure_bytes, new_figure, show_image, show_map
-from ..html import Markup, document, join, tag
-from ..images import png_bytes
-from ..model import FeatvisModel
+from .._util.html import Markup, document, join, tag
+from ..core.figures import TITLE_SIZE, add_colorbar, figure_bytes, new_figure, show_image, show_map
+from ..core.images import png_bytes
+from ..inspect.feature_maps import to_input_space
+from ..models.wrapper import FeatvisModel
 from ..receptive_field import receptive_field
 from .blocks import Explanation, Groups
 from .grid import compose_grid

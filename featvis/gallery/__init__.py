@@ -6,8 +6,8 @@ the first-layer filters into ``out/``; ``rebuild_index("out/")`` rebuilds the HT
 manifests of every shard. See featvis.gallery.job for how work is skipped and shared.
 """
 
+from ..core.plan import parse_channels, parse_shard, shard_from_env, slug
 from .job import GalleryReport, make_gallery, model_fingerprint, rebuild_index
-from .plan import parse_channels, parse_shard, shard_from_env, slug
 
 __all__ = [
     "GalleryReport",

@@ -16,14 +16,14 @@ import torch
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
+from .._util.errors import FeatvisError
+from .._util.html import Markup, tag
 from ..circuits.connections import rank
 from ..circuits.expanded import expanded_weights
 from ..circuits.families import previous_layer
-from ..errors import FeatvisError
-from ..figures import SIGNED_CMAP
-from ..html import Markup, tag
-from ..model import FeatvisModel
-from .plan import Layer
+from ..core.figures import SIGNED_CMAP
+from ..core.plan import Layer
+from ..models.wrapper import FeatvisModel
 
 MAP_PX = 72  # side of a weight map on a channel page
 

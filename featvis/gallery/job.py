@@ -16,30 +16,28 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..choices import GALLERY_BATCH, GALLERY_PATCHES
-from ..errors import FeatvisError
-from ..fileio import ensure_writable_dir
-from ..filters import filter_images
-from ..images import load_image, save_image
-from ..model import FeatvisModel, as_model, model_fingerprint
+from .._util.choices import GALLERY_BATCH, GALLERY_PATCHES
+from .._util.errors import FeatvisError
+from .._util.fileio import ensure_writable_dir
+from ..core.images import load_image, save_image
+from ..core.plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
+from ..core.probe import capture
+from ..examples import ExamplesResult, photo_examples
+from ..inspect.filters import filter_images
+from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
 from ..optvis.objectives import INPUT
-from ..optvis.param import PARAMS
+from ..optvis.param_factory import PARAMS
 from ..optvis.transforms import resize
-from ..probe import capture
 from . import manifest as mf
 from .circuits import CircuitPlanner
 from .manifest import Key, Record, ShardManifest
-from .plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
 from .site import build_site
-
-if TYPE_CHECKING:
-    from ..examples import ExamplesResult
 
 DEFAULT_BATCH = GALLERY_BATCH  # channels per unit of work: one render call, one manifest update
 DEFAULT_PATCHES = GALLERY_PATCHES
@@ -322,8 +320,6 @@ def make_gallery(
     units = shard_units(plan_units(chosen, selections, batch), index, count)
     examples = None
     if images is not None:
-        from ..examples import photo_examples  # featvis.examples uses the gallery's shard and layer helpers
-
         mine: dict[str, list[int]] = {}
         for unit in units:
             mine.setdefault(unit.layer.name, []).extend(unit.channels)

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import FeatvisError
-from ..fileio import atomic_write_text, ensure_writable_dir
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_text, ensure_writable_dir
 
 FORMAT = "featvis-gallery-manifest"
 VERSION = 1

@@ -4,7 +4,7 @@
 ``layers/<layer>.html`` (every rendered channel of a layer) which links to
 ``layers/<layer>/<channel>.html`` (the visualization, its negative and diversity set, the
 top photo patches, and the numbers) beside ``layers/<layer>/<channel>.json``. All links are
-relative, nothing loads from the network, and every piece of text goes through featvis.html's
+relative, nothing loads from the network, and every piece of text goes through featvis._util.html's
 escaping (layer names of user models and photo names are user data). Pages are rewritten only
 when their content changes.
 """
@@ -16,11 +16,11 @@ import json
 import posixpath
 import re
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 from typing import Iterable
+from urllib.parse import unquote, urlparse
 
-from ..fileio import atomic_write_text
-from ..html import Markup, document, join, tag, url
+from .._util.fileio import atomic_write_text
+from .._util.html import Markup, document, join, tag, url
 from .circuits import circuit_sections
 from .manifest import Key, Record
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import FeatvisError
-from ..labels import imagenet_labels
-from ..model import FeatvisModel
-from ..weights import apply_state_dict, load_state_dict_file
+from .._util.errors import FeatvisError
+from .labels import imagenet_labels
+from .weights import apply_state_dict, load_state_dict_file
+from .wrapper import FeatvisModel
 
 INPUT_SIZE = 260
 MEAN, STD = 127.0 / 255.0, 128.0 / 255.0

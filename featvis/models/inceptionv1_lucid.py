@@ -49,8 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FeatvisError
-from .inceptionv1 import BLOCKS, LUCID_ALIASES as BVLC_LUCID_ALIASES, ConvReLU, Inception
+from .._util.errors import FeatvisError
+from .inceptionv1 import BLOCKS, ConvReLU, Inception
+from .inceptionv1 import LUCID_ALIASES as BVLC_LUCID_ALIASES
 
 NUM_CLASSES = 1008
 INPUT_MEAN = 117.0  # Lucid: image_value_range = (-117, 255 - 117), RGB

@@ -14,16 +14,30 @@
   `redirected_relus` (the gradient that gives dead channels a picture)
 """
 
+from .maco import MacoImage, natural_spectrum
 from .natural import natural_max, photo_crops
 from .objectives import (
-    Objective, alignment, blur, caricature, channel, class_logit, deepdream, direction, direction_neuron, diversity,
-    interpolate, l1, l2, neuron, total_variation,
+    Objective,
+    alignment,
+    blur,
+    caricature,
+    channel,
+    class_logit,
+    deepdream,
+    direction,
+    direction_neuron,
+    diversity,
+    interpolate,
+    l1,
+    l2,
+    neuron,
+    total_variation,
 )
-from .maco import MacoImage, natural_spectrum
-from .param import FourierImage, PixelImage, make_param
+from .param import FourierImage, PixelImage
+from .param_factory import make_param
 from .plausibility import plausibility
-from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relus
 from .precision import PRECISIONS, compute_dtype
+from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relus
 from .rendering import RenderResult, render
 from .spec import layer_shapes, parse_spec
 from .transforms import Transforms

@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from .objectives import INPUT, Objective
 
 SEED = "seed:"  # prefix of the photo's activations in the ``acts`` rendering passes to objectives

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from .natural import photo_crops
 from .param import COLOR, ImageParam
 

@@ -19,9 +19,9 @@ import weakref
 import torch
 from torch import nn
 
-from ..errors import FeatvisError
-from ..model import FeatvisModel
-from ..probe import capture
+from .._util.errors import FeatvisError
+from ..core.probe import capture
+from ..models.wrapper import FeatvisModel
 
 IMAGE_COPIES = 5  # parameter, its gradient, Adam's two moments, the image
 ACTIVATION_COPIES = 2  # each activation kept for backward, and its gradient

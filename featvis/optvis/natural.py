@@ -1,10 +1,10 @@
 """Natural-photo maxima: how strongly real photos drive an objective, the bar a visualisation must clear.
 
-The photos are scikit-image's sample photos (`featvis.images.sample_photos`) and crops of them:
+The photos are scikit-image's sample photos (`featvis.core.images.sample_photos`) and crops of them:
 for each photo, squares with the side of its shorter edge and of half that, tiling the photo;
 each crop is resized (antialiased) to the model's input scale. Activations of these crops are
 cached per model and layer, so scoring every channel of a layer costs one forward pass; they
-are also kept in the user cache (``<cache>/natural/``, see `featvis.weights.cache_dir`), keyed by
+are also kept in the user cache (``<cache>/natural/``, see `featvis.models.weights.cache_dir`), keyed by
 the model's fingerprint (architecture, input convention, every weight), the layer, the size and
 the photo set, so a later process skips the photos and the forward pass (layers up to
 `DISK_LIMIT` bytes; an unreadable file is recomputed).
@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FeatvisError
-from ..fileio import atomic_output
-from ..images import sample_photos
-from ..model import FeatvisModel, as_model, model_fingerprint
-from ..probe import capture
-from ..progress import progress_bar
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_output
+from .._util.progress import progress_bar
+from ..core.images import sample_photos
+from ..core.probe import capture
+from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from .objectives import INPUT, Objective
 from .spec import parse_spec
 
@@ -97,7 +97,7 @@ def natural_activations(model: nn.Module, layers: list[str], size: int | None = 
 
 def _stored_path(model: FeatvisModel, what: str, size: int) -> Path:
     """Where ``what`` (a layer's parts, or another name) of the crops at ``size`` is kept in the user cache."""
-    from ..weights import cache_dir
+    from ..models.weights import cache_dir
 
     if model not in _FINGERPRINTS:
         _FINGERPRINTS[model] = model_fingerprint(model)

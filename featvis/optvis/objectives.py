@@ -18,10 +18,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import FeatvisError
-from ..labels import label_index
-from ..model import FeatvisModel
-from ..probe import capture
+from .._util.errors import FeatvisError
+from ..core.probe import capture
+from ..models.labels import label_index
+from ..models.wrapper import FeatvisModel
 
 Acts = Mapping[str, torch.Tensor]
 Shapes = Mapping[str, tuple[int, ...]]  # layer -> activation shape without the batch dimension

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 
 COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
@@ -109,23 +109,3 @@ class FourierImage(ImageParam):
 
     def encode(self, raw: torch.Tensor) -> None:
         self.spectrum.copy_(torch.view_as_real(torch.fft.rfft2(raw * 4.0, norm="ortho")) / self.scale)
-
-
-PARAMS = ("fft", "pixel", "maco")
-
-
-def _param_class(kind: str) -> type[ImageParam]:
-    from .maco import MacoImage  # MACO builds on ImageParam and on the natural photos: imported when asked for
-
-    return {"fft": FourierImage, "pixel": PixelImage, "maco": MacoImage}[kind]
-
-
-def make_param(kind: str, generators: Sequence[torch.Generator], size: int, *, decorrelate: bool = True,
-               valid: str = "sigmoid", init: torch.Tensor | None = None) -> ImageParam:
-    """Build the ``kind`` ("fft", "pixel" or "maco") parameterisation, from noise or from ``init`` images."""
-    if kind not in PARAMS:
-        raise FeatvisError(f"unknown parameterisation '{kind}'; use one of {', '.join(PARAMS)}")
-    param = _param_class(kind)(generators, size, decorrelate=decorrelate, valid=valid)
-    if init is not None:
-        param.set_images(init.expand(len(generators), -1, -1, -1))
-    return param

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import FeatvisModel, as_model
+from ..models.wrapper import FeatvisModel, as_model
 from .fast_layers import fast_layers
 from .natural import CHUNK, photo_crops, read_stored, store
 

@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..choices import PRECISIONS
-from ..errors import FeatvisError
-from ..model import FeatvisModel
+from .._util.choices import PRECISIONS
+from .._util.errors import FeatvisError
+from ..models.wrapper import FeatvisModel
 from .fast_layers import fast_layers
 
 #: Least cosine between an image's bfloat16 and float32 input gradients at the start for bfloat16 to be kept.

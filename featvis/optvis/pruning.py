@@ -19,8 +19,8 @@ from typing import Iterable
 
 import torch
 
-from ..model import FeatvisModel
-from ..probe import capture
+from ..core.probe import capture
+from ..models.wrapper import FeatvisModel
 from .objectives import INPUT, Objective
 
 _CHILDREN: "weakref.WeakKeyDictionary[FeatvisModel, dict[tuple[tuple[str, ...], int], tuple[tuple[str, int], ...] | None]]" = (

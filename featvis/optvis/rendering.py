@@ -7,7 +7,7 @@ every image follows only its own objective. The first `REDIRECT_STEPS` steps use
 redirected-ReLU gradient so that channels dead for a noise start still get a picture.
 
 Speed: Adam is featvis's own (`adam`: no torch._dynamo import), freed activations stay in the
-process between steps (`featvis.heap`), the model runs channels-last, with slow layers replaced
+process between steps (`featvis._util.heap`), the model runs channels-last, with slow layers replaced
 by exact faster stand-ins (`fast_layers`), a concatenating block computes only the branches the
 objectives read (`pruning`), conv + ReLU pairs are fused after the redirected steps and, with
 ``precision="auto"`` on a CPU with AMX or AVX512-BF16, its weights and activations in bfloat16 where
@@ -36,23 +36,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import RENDER_BATCH
-from ..errors import FeatvisError
-from ..heap import keep_freed_memory
-from ..images import load_image
-from ..model import FeatvisModel, as_model
-from ..probe import Probe
-from ..progress import Counter, progress_bar
-from ..reprs import short_repr
+from .._util.choices import RENDER_BATCH
+from .._util.errors import FeatvisError
+from .._util.heap import keep_freed_memory
+from .._util.progress import Counter, progress_bar
+from .._util.reprs import short_repr
+from ..core.images import load_image
+from ..core.probe import Probe
+from ..models.wrapper import FeatvisModel, as_model
 from . import transforms as tf
-from .fast_layers import fast_layers, fused_conv_relus
-from .memory import check_render_fits
 from .accentuation import DEFAULT_DISTANCE, SEED, Accentuation, pull_back
 from .adam import Adam
+from .fast_layers import fast_layers, fused_conv_relus
 from .maco import alpha_map
+from .memory import check_render_fits
 from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
-from .param import make_param
+from .param_factory import make_param
 from .plausibility import plausibility
 from .precision import compute_dtype, faithful_dtype, frozen
 from .pruning import assemble, probed_layers, prune

@@ -25,9 +25,9 @@ from typing import Iterable
 
 import torch
 
-from ..errors import FeatvisError
-from ..model import FeatvisModel, as_model
-from ..probe import capture
+from .._util.errors import FeatvisError
+from ..core.probe import capture
+from ..models.wrapper import FeatvisModel, as_model
 from .objectives import INPUT, Objective, Shapes, channel, class_logit, deepdream, neuron
 
 _SHAPES: "weakref.WeakKeyDictionary[FeatvisModel, dict[tuple[tuple[str, ...], int], tuple[int, ...]]]" = weakref.WeakKeyDictionary()

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 
 DRAW_BLOCK = 256  # steps of random transforms drawn at once
 

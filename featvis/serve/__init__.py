@@ -11,6 +11,6 @@
 """
 
 from .analyses import PhotoSettings
-from .server import Server, ServeOptions
+from .server import ServeOptions, Server
 
 __all__ = ["PhotoSettings", "Server", "ServeOptions"]

@@ -1,6 +1,6 @@
 """The analyses behind a unit page and a photo page, computed by the background tasks on the
 server's second copy of the model: circuits (expanded weights, featvis.circuits), the effective
-receptive field (featvis.effective_rf), and a photo's classification, saliency and `explain`
+receptive field (featvis.receptive_field.effective), and a photo's classification, saliency and `explain`
 building blocks. Each writes its figures atomically into the cache and returns plain data.
 """
 
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import torch
 
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_text
 from ..circuits import expanded_weights
 from ..circuits.connections import rank
-from ..effective_rf import effective_field_figure, effective_receptive_field
-from ..errors import FeatvisError
+from ..core.figures import save_figure
+from ..core.images import save_image
 from ..explain import explain, explanation_page
-from ..fileio import atomic_write_text
-from ..figures import save_figure
-from ..images import save_image
-from ..model import FeatvisModel, prepare_image
+from ..models.wrapper import FeatvisModel, prepare_image
+from ..receptive_field.effective import effective_field_figure, effective_receptive_field
 from ..saliency import saliency, saliency_figure
 from .units import ModelInfo
 

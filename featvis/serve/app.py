@@ -26,9 +26,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..errors import FeatvisError
-from ..fileio import atomic_write_bytes
-from ..images import load_image
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_bytes
+from ..core.images import load_image
 from . import pages
 from .jobs import DONE, FAILED, example_file, examples_dir
 from .units import KINDS, NotFound

@@ -10,7 +10,7 @@ names, and each side reuses the other's pictures:
 - serve -> gallery: every finished picture is also recorded in ``manifests/serve-<model>.json``
   (the gallery's record format), so the gallery skips it.
 
-Every file is written atomically (featvis.fileio) and the SHA-256 of each is kept in a small
+Every file is written atomically (featvis._util.fileio) and the SHA-256 of each is kept in a small
 sidecar ``serve/<digest>.json`` written *after* the pictures. A picture is served only when its
 sidecar exists and the file's digest matches (checked once per process and file version), so a
 server killed in the middle of a render, or a damaged file, never serves a broken picture: the
@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_text, ensure_writable_dir
+from .._util.fileio import atomic_write_text, ensure_writable_dir
 from ..gallery import manifest as mf
 from ..gallery import slug
 

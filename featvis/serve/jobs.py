@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
 from ..gallery import slug
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"

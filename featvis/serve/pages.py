@@ -1,4 +1,4 @@
-"""The server's HTML: every page and fragment is built with featvis.html's ``tag``, so every name
+"""The server's HTML: every page and fragment is built with featvis._util.html's ``tag``, so every name
 from the user or the model (layer names, labels, photo names, error messages) is escaped.
 
 Pictures that are not rendered yet appear as a placeholder with a progress bar
@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Sequence
 from urllib.parse import quote
 
+from .._util.html import Markup, document, join, tag
 from ..gallery.circuits import weight_map
 from ..gallery.site import CSS as GALLERY_CSS
-from ..html import Markup, document, join, tag
 from .queue import DONE, FAILED, Picture
 from .units import ModelInfo, Row, central_box
 

@@ -24,12 +24,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import FeatvisError
+from .._util.errors import FeatvisError
+from ..core.images import save_image
+from ..core.plan import Layer
 from ..gallery import manifest as mf
 from ..gallery.job import channel_values
-from ..gallery.plan import Layer
-from ..images import save_image
-from ..model import FeatvisModel
+from ..models.wrapper import FeatvisModel
 from ..optvis import Objective, RenderResult, render
 from .cache import PictureCache, file_sha
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import FeatvisError
-from ..fileio import atomic_write_text, ensure_writable_dir
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_text, ensure_writable_dir
+from ..core.images import save_image
 from ..gallery import slug
-from ..images import save_image
-from ..model import FeatvisModel
+from ..models.wrapper import FeatvisModel
 from .analyses import Circuits, PhotoSettings, analyse_photo, effective_field
 from .app import build_app, decode_upload, photo_id_of
 from .cache import PictureCache
@@ -123,7 +123,7 @@ class Server:
                 return json.loads(record.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 pass
-            from ..images import load_image
+            from ..core.images import load_image
 
             result = analyse_photo(self.aux, load_image(self.photo_path(photo_id)), out, self.explain)
             atomic_write_text(record, json.dumps(result) + "\n")  # last: the analysis is complete

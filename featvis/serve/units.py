@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .._util.errors import FeatvisError
 from ..circuits import previous_layer
-from ..errors import FeatvisError
+from ..core.layer_table import layer_table
+from ..core.plan import Layer
 from ..gallery import manifest as mf
 from ..gallery.job import DIVERSITY_WEIGHT
-from ..gallery.plan import Layer
-from ..layer_table import layer_table
-from ..model import FeatvisModel, model_fingerprint
+from ..models.wrapper import FeatvisModel, model_fingerprint
 from ..optvis import Objective, channel, compute_dtype, diversity
 from ..receptive_field import ReceptiveField, receptive_fields
 from .cache import picture_rel

@@ -24,13 +24,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from .errors import FeatvisError
-from .feature_maps import model_input
-from .figures import PANEL_TITLE_SIZE, TITLE_SIZE, add_colorbar, new_figure, show_map
-from .model import as_model
-from .probe import Probe
-from .receptive_field import Box, ReceptiveField, receptive_field
-from .reprs import short_repr
+from .._util.errors import FeatvisError
+from .._util.reprs import short_repr
+from ..core.figures import PANEL_TITLE_SIZE, TITLE_SIZE, add_colorbar, new_figure, show_map
+from ..core.probe import Probe, model_input
+from ..models.wrapper import as_model
+from .result import Box, ReceptiveField
+from .tracer import receptive_field
 
 __all__ = ["EffectiveField", "effective_receptive_field", "effective_field_figure"]
 

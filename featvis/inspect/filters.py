@@ -17,11 +17,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .choices import NORMALIZE
-from .errors import FeatvisError
-from .figures import SIGNED_CMAP, TITLE_SIZE, add_colorbar, grid_shape, new_figure
-from .model import FeatvisModel, as_model
-
+from .._util.choices import NORMALIZE
+from .._util.errors import FeatvisError
+from ..core.figures import SIGNED_CMAP, TITLE_SIZE, add_colorbar, grid_shape, new_figure
+from ..models.wrapper import FeatvisModel, as_model
 
 
 def conv_layer(model: nn.Module, layer: str) -> tuple[str, nn.Conv2d]:

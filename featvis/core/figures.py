@@ -26,9 +26,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colorbar import Colorbar
 from matplotlib.figure import Figure
 
-from .choices import OVERLAYS
-from .errors import FeatvisError
-from .fileio import atomic_write_bytes
+from .._util.choices import OVERLAYS
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_bytes
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 HEAT_CMAP = "inferno"

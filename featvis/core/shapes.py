@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
-from featvis.errors import FeatvisError
+from featvis._util.errors import FeatvisError
 
 IntPair = int | Sequence[int]
 Padding = int | Sequence[int] | str

@@ -23,23 +23,13 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from .errors import FeatvisError
-from .feature_maps import model_input
-from .figures import TITLE_SIZE, new_figure
-from .model import FeatvisModel, as_model
-from .reprs import short_repr
-from .saliency import (
-    GUIDED,
-    SaliencyResult,
-    attribute,
-    check_method,
-    describe,
-    draw_saliency,
-    guided_model,
-    reduce_map,
-    resolve_target,
-)
-
+from .._util.choices import GUIDED
+from .._util.errors import FeatvisError
+from .._util.reprs import short_repr
+from ..core.figures import TITLE_SIZE, new_figure
+from ..core.probe import model_input
+from ..models.wrapper import FeatvisModel, as_model
+from .methods import SaliencyResult, attribute, check_method, describe, draw_saliency, guided_model, reduce_map, resolve_target
 
 # --- similarity measures --------------------------------------------------------------------
 

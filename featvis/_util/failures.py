@@ -24,7 +24,7 @@ from .errors import FeatvisError
 
 _LIBRARY_ROOTS = tuple(
     {str(Path(p).resolve()) for p in (sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))}
-    | {str(Path(__file__).resolve().parent)}
+    | {str(Path(__file__).resolve().parent.parent)}  # featvis itself
 )
 _USER_FILES: set[str] = set()  # model files featvis imported for the user (they may live anywhere)
 _SHAPE_ERROR = re.compile(r"shape|size|mat1 and mat2|dimension|too small|Expected .*input", re.IGNORECASE)

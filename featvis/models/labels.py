@@ -7,7 +7,7 @@ import functools
 from importlib import resources
 from typing import Sequence
 
-from .errors import FeatvisError
+from .._util.errors import FeatvisError
 
 
 @functools.lru_cache(maxsize=1)

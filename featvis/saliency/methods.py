@@ -45,14 +45,14 @@ from matplotlib.figure import Figure, SubFigure
 from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
-from .choices import GUIDED, LAYERED, METHODS, REGIONAL, SIGNED
-from .callable_module import make_callable
-from .errors import FeatvisError
-from .figures import TITLE_SIZE, add_colorbar, new_figure, show_image, show_map
-from .feature_maps import model_input, spatial_layers, to_input_space
-from .labels import label_index
-from .model import FeatvisModel, as_model
-from .reprs import short_repr
+from .._util.choices import LAYERED, METHODS, SIGNED
+from .._util.errors import FeatvisError
+from .._util.reprs import short_repr
+from ..core.figures import TITLE_SIZE, add_colorbar, new_figure, show_image, show_map
+from ..core.probe import model_input, spatial_layers
+from ..inspect.feature_maps import to_input_space
+from ..models.labels import label_index
+from ..models.wrapper import FeatvisModel, as_model
 
 
 @dataclass
@@ -438,5 +438,3 @@ def guided_model(model: nn.Module) -> FeatvisModel:
     prepared.guided_ready = True
     return prepared.freeze()
 
-
-make_callable(__name__, "saliency")  # featvis.saliency(...) calls saliency(); featvis.saliency.X reaches the module

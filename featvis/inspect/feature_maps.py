@@ -20,54 +20,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from .errors import FeatvisError
-from .figures import (
-    ACTIVATION_CMAP,
-    TITLE_SIZE,
-    add_colorbar,
-    grid_shape,
-    new_figure,
-    show_image,
-    show_map,
-    style_panel,
-)
-from .model import FeatvisModel, as_model
-from .probe import capture
-from .receptive_field import receptive_field
-
-
-def model_input(model: FeatvisModel, image: torch.Tensor) -> torch.Tensor:
-    """A photo [3, H, W] resized and cropped for the model; a batch [1, 3, H, W] is taken as is."""
-    if image.dim() == 4 and image.shape[0] == 1 and image.shape[1] == 3:
-        return image.to(model.mean.device, torch.float32)
-    if image.dim() == 3 and image.shape[0] == 3:
-        return model.prepare(image.float())
-    raise FeatvisError(f"expected an RGB image [3, H, W] or batch [1, 3, H, W], got shape {tuple(image.shape)}")
-
-
-@torch.no_grad()
-def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Module paths whose output on ``x`` is a map [N, C, H, W] with H*W > 1, in the order they finish."""
-    fmodel = as_model(model)
-    finished: dict[str, None] = {}
-    handles = []
-
-    def record(path: str):
-        def hook(module, inputs, output) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
-                finished.setdefault(path)
-
-        return hook
-
-    try:
-        for path, module in fmodel.net.named_modules():
-            if path:
-                handles.append(module.register_forward_hook(record(path)))
-        fmodel(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return list(finished)
+from .._util.errors import FeatvisError
+from ..core.figures import ACTIVATION_CMAP, TITLE_SIZE, add_colorbar, grid_shape, new_figure, show_image, show_map, style_panel
+from ..core.probe import capture, model_input
+from ..models.wrapper import as_model
+from ..receptive_field import receptive_field
 
 
 def feature_maps(model: nn.Module, layer: str, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from ..errors import FeatvisError
-from ..model import FeatvisModel
-from ..probe import capture
+from .._util.errors import FeatvisError
+from ..models.wrapper import FeatvisModel
+from .probe import capture
 
 _SLUG_OK = re.compile(r"^[a-z0-9_-]{1,64}$")
 

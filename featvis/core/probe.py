@@ -4,7 +4,8 @@
 output, so optimising an objective on ``mixed4a`` never pays for ``mixed5b`` and the classifier.
 A module that runs several times in one forward pass is captured at its first call. A concat
 layer (``FeatvisModel.concats``, e.g. ``mixed4a_pre_relu``) is captured as the concatenation along
-channels of its parts' outputs; early exit waits for every part.
+channels of its parts' outputs; early exit waits for every part. ``model_input`` turns a photo into
+the model's input and ``spatial_layers`` lists the layers that output maps.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import FeatvisError
-from .model import FeatvisModel, as_model
+from .._util.errors import FeatvisError
+from ..models.wrapper import FeatvisModel, as_model
 
 
 class _StopForward(Exception):
@@ -98,3 +99,37 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, early_e
     """One-shot capture: ``capture(model, images, ["mixed4a"])["mixed4a"]``."""
     with Probe(model, layers, early_exit=early_exit, detach=detach) as probe:
         return probe(x)
+
+
+def model_input(model: FeatvisModel, image: torch.Tensor) -> torch.Tensor:
+    """A photo [3, H, W] resized and cropped for the model; a batch [1, 3, H, W] is taken as is."""
+    if image.dim() == 4 and image.shape[0] == 1 and image.shape[1] == 3:
+        return image.to(model.mean.device, torch.float32)
+    if image.dim() == 3 and image.shape[0] == 3:
+        return model.prepare(image.float())
+    raise FeatvisError(f"expected an RGB image [3, H, W] or batch [1, 3, H, W], got shape {tuple(image.shape)}")
+
+
+@torch.no_grad()
+def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Module paths whose output on ``x`` is a map [N, C, H, W] with H*W > 1, in the order they finish."""
+    fmodel = as_model(model)
+    finished: dict[str, None] = {}
+    handles = []
+
+    def record(path: str):
+        def hook(module, inputs, output) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+                finished.setdefault(path)
+
+        return hook
+
+    try:
+        for path, module in fmodel.net.named_modules():
+            if path:
+                handles.append(module.register_forward_hook(record(path)))
+        fmodel(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(finished)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .failures import forward_failed, user_location
-from .model import FeatvisModel
+from .._util.failures import forward_failed, user_location
+from ..models.wrapper import FeatvisModel
 
 
 @torch.no_grad()

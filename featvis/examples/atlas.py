@@ -25,15 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FeatvisError
-from .examples.source import Batch, check_loader_args, images_digest, list_images
-from .examples.stream import stream
-from .fileio import atomic_write_text, ensure_writable_dir
-from .gallery.job import model_fingerprint
-from .images import save_image
-from .labels import label_index
-from .model import FeatvisModel, as_model
-from .optvis import direction, render
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_text, ensure_writable_dir
+from ..core.images import save_image
+from ..models.labels import label_index
+from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
+from ..optvis import direction, render
+from .source import Batch, check_loader_args, images_digest, list_images
+from .stream import stream
 
 MAX_FLOATS = 1 << 28  # 1 GiB of sampled activations at most
 INSTALL = 'pip install "featvis[atlas]"  (or: pip install umap-learn)'

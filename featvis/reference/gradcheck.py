@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from featvis import reference
-from featvis.errors import FeatvisError
+from featvis._util.errors import FeatvisError
 
 __all__ = ["GradientComparison", "GradientReport", "check_gradients"]
 

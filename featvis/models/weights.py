@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FeatvisError
-from .fileio import atomic_output, ensure_writable_dir
-from .progress import progress_bar
-from .settings import CACHE_ENV, WEIGHTS_ENV, setting_path
+from .._util.errors import FeatvisError
+from .._util.fileio import atomic_output, ensure_writable_dir
+from .._util.progress import progress_bar
+from .._util.settings import CACHE_ENV, WEIGHTS_ENV, setting_path
 
 URL_ENV = "FEATVIS_WEIGHTS_URL"
 UPSTREAM = "https://raw.githubusercontent.com/chaosmail/caffejs/424d98682b50dd88d0b8cca401c66855709bd013"

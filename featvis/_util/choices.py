@@ -26,9 +26,9 @@ LAYERED = frozenset({"gradcam", "guided-gradcam"})
 #: Methods that score regions, not colour channels: their attribution is [1, H, W]; all others give [3, H, W].
 REGIONAL = frozenset({"gradcam", "occlusion"})
 
-#: How maps are drawn (``featvis.figures``).
+#: How maps are drawn (``featvis.core.figures``).
 OVERLAYS = ("heat", "blend", "signed")
-#: Filter scaling (``featvis.filters``): each filter to its own range, or all to one.
+#: Filter scaling (``featvis.inspect.filters``): each filter to its own range, or all to one.
 NORMALIZE = ("filter", "shared")
 #: The model's number format while optimising images (``featvis.render``).
 PRECISIONS = ("auto", "float32", "bfloat16")

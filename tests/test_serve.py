@@ -1,6 +1,7 @@
 """`featvis serve` as a real process on 127.0.0.1, driven over HTTP: pictures equal to what a separate
 `featvis render` process makes, batching of concurrent requests, reuse of the cache by a second server,
-4xx pages naming the problem (and escaped), upload limits, and a kill -9 in the middle of a render.
+4xx pages naming the problem (and escaped), upload limits, a kill -9 in the middle of a render, and one
+folder shared by a static `featvis gallery` and the server.
 
 The model is a small user CNN given as ``nets.py:small`` (as a user would); pictures are 48 px with
 a few steps, so every render takes well under a second.
@@ -292,3 +293,48 @@ def test_restart_after_kill_9_mid_render_reuses_finished_pictures_and_never_serv
         assert target.read_bytes() == body  # the broken file was replaced by the complete picture
     finally:
         again.stop()
+
+
+def gallery(folder: Path, out: Path, layers: str) -> dict:
+    """A static `featvis gallery` of channels 0 and 1 (positive and negative) with the server's settings."""
+    done = subprocess.run([sys.executable, "-m", "featvis", "gallery", "nets.py:small", "--layers", layers, "--channels", "0:2",
+                           "--negative", "--no-filters", "-o", str(out), *RENDER, "--json", "-q"],
+                          cwd=folder, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_static_gallery_and_the_serve_cache_share_one_folder(project):
+    """`featvis serve --cache DIR` on a `featvis gallery --out DIR` shows the gallery's pictures without
+    rendering (the very files), and what the server renders is recorded so that a later gallery run on
+    the same folder skips it, keeps its file and shows it in the site."""
+    shared = project / "shared"
+    first = gallery(project, shared, "conv2")
+    assert (first["made"], first["skipped"]) == (4, 0)
+    made = {p.name: p.read_bytes() for p in (shared / "layers" / "conv2" / "img").glob("*.png")}
+    assert sorted(name.split("-")[1] for name in made) == ["negative", "negative", "positive", "positive"]
+    serve = Serve(project, shared)
+    try:
+        for c in (0, 1):
+            status, body, _ = serve.get(f"/layer/conv2/{c}")
+            keys = re.findall(r'data-done="([0-9a-f]{64})"', body.decode())
+            assert status == 200 and len(keys) == 2, body.decode()[:500]  # both shown finished at once
+            for key in keys:
+                (rel,) = serve.json(f"/api/picture/{key}")["files"]
+                assert serve.get("/files/" + rel)[1] == made[Path(rel).name]  # the gallery's own file
+        assert serve.json("/api/stats")["render_calls"] == 0
+        rendered = {}
+        for key in serve.keys("/layer/conv3/1"):
+            (rel,) = serve.wait(key)["files"]
+            rendered[rel] = (shared / rel).read_bytes()
+    finally:
+        serve.stop()
+    stamps = {rel: (shared / rel).stat().st_mtime_ns for rel in rendered}
+    second = gallery(project, shared, "conv2,conv3")
+    assert (second["made"], second["skipped"]) == (2, 6)  # only conv3:0; conv2 from itself, conv3:1 from the server
+    site = (shared / "index.html").read_text(encoding="utf-8") + "".join(
+        p.read_text(encoding="utf-8") for p in shared.rglob("*.html"))
+    for rel, data in rendered.items():
+        assert (shared / rel).read_bytes() == data and (shared / rel).stat().st_mtime_ns == stamps[rel]
+        assert Path(rel).name in site
+    assert len(list((shared / "layers" / "conv3" / "img").glob("*.png"))) == 4

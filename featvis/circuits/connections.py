@@ -20,6 +20,7 @@ from torch import nn
 from .._util.errors import FeatvisError
 from ..core.images import load_image
 from ..core.probe import capture
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from .expanded import expanded_weights, fitted_field
 
@@ -103,6 +104,7 @@ def mean_windows(model: FeatvisModel, photos: Sequence, layer: str, target: str)
     return (total / count).view(-1, *field.size).cpu()
 
 
+@analysis
 def top_connections(
     model: nn.Module,
     unit: str,

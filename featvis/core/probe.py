@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._util.errors import FeatvisError
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 
 
@@ -95,8 +96,10 @@ def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)
 
 
+@analysis
 def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, early_exit: bool = True, detach: bool = True) -> dict[str, torch.Tensor]:
-    """One-shot capture: ``capture(model, images, ["mixed4a"])["mixed4a"]``."""
+    """One-shot capture: ``capture(model, images, ["mixed4a"])["mixed4a"]``, in eval mode (see
+    featvis.models.modes); a ``Probe`` runs the model in whatever mode it is in."""
     with Probe(model, layers, early_exit=early_exit, detach=detach) as probe:
         return probe(x)
 

@@ -29,6 +29,7 @@ from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
 from ..core.images import save_image
 from ..models.labels import label_index
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from ..optvis import direction, render
 from .source import Batch, check_loader_args, images_digest, list_images
@@ -143,6 +144,7 @@ class Atlas:
     summary: dict
 
 
+@analysis
 def activation_atlas(
     model: nn.Module,
     images: str | os.PathLike,
@@ -193,7 +195,6 @@ def activation_atlas(
                 "target": target_index, "images": images_digest(paths), "input_size": fmodel.input_size}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     checkpoint = path.with_name(f".{path.name}.ckpt")
-    fmodel.eval()
     report = stream(paths, range(len(paths)), fmodel.input_size, _forward(fmodel, layer, target_index), sampler,
                     batch=batch, workers=workers, device=fmodel.mean.device, checkpoint=checkpoint, digest=digest,
                     progress=progress, desc="sampling")

@@ -24,6 +24,7 @@ from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
 from ..core.plan import parse_layers, shard_from_env
 from ..core.probe import Probe
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from .layers import PassLayer, resolve_pass_layers
 from .results import FORMAT, SHARD_DIR, merge_docs, read_shards, shard_file, summary_of, write_final
@@ -90,6 +91,7 @@ class ExamplesResult:
         return self.summary if self.merged else {**self.summary, "shard": f"{self.shard[0]}/{self.shard[1]}", "merged": False}
 
 
+@analysis
 def dataset_examples(
     model: nn.Module,
     images: str | os.PathLike,
@@ -133,7 +135,6 @@ def dataset_examples(
     if doc is None:
         consumer = ExamplesConsumer(chosen, k, negative)
         checkpoint = result_path.with_suffix(".ckpt")
-        fmodel.eval()
         with torch.inference_mode(), Probe(fmodel, [layer.name for layer in chosen], early_exit=True) as probe:
             report = stream(paths, range(index, len(paths), count), fmodel.input_size, probe, consumer, batch=batch,
                             workers=workers, device=fmodel.mean.device, checkpoint=checkpoint,

@@ -24,6 +24,7 @@ import torch
 
 from .._util.errors import FeatvisError
 from ..core.probe import model_input, spatial_layers
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from ..optvis import Objective, channel, direction_neuron, render
 from ..saliency import resolve_target
@@ -120,6 +121,7 @@ class Explanation:
         return result
 
 
+@analysis
 def explain(
     model: torch.nn.Module,
     image: torch.Tensor,

@@ -29,6 +29,7 @@ from ..core.plan import Layer, Unit, parse_channels, parse_layers, plan_units, r
 from ..core.probe import capture
 from ..examples import ExamplesResult, photo_examples
 from ..inspect.filters import filter_images
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
 from ..optvis.objectives import INPUT
@@ -269,6 +270,7 @@ def channel_values(model: FeatvisModel, layer: str, c: int, images: torch.Tensor
     return [float(v) for v in channel(layer, c)({**acts, INPUT: images})]
 
 
+@analysis
 def make_gallery(
     model: nn.Module,
     layers: str | Sequence[str],

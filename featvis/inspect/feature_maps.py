@@ -23,6 +23,7 @@ from torch import nn
 from .._util.errors import FeatvisError
 from ..core.figures import ACTIVATION_CMAP, TITLE_SIZE, add_colorbar, grid_shape, new_figure, show_image, show_map, style_panel
 from ..core.probe import capture, model_input
+from ..models.modes import analysis
 from ..models.wrapper import as_model
 from ..receptive_field import receptive_field
 
@@ -84,6 +85,7 @@ def to_input_space(model: nn.Module, layer: str, values: torch.Tensor, size: tup
     return sampled[0, 0]
 
 
+@analysis
 def feature_map_grid(
     model: nn.Module,
     layer: str,
@@ -121,6 +123,7 @@ def feature_map_grid(
     return fig
 
 
+@analysis
 def feature_map_overlay(model: nn.Module, layer: str, image: torch.Tensor, channel: int, *, clip: float | None = 99.5) -> Figure:
     """One channel on the photo: the raw unit grid, and its positive part placed over the photo
     by receptive-field centres, with the receptive field of the most active unit outlined.

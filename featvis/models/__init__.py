@@ -2,6 +2,7 @@
 
 - ``wrapper``: ``FeatvisModel`` (any ``nn.Module`` taking RGB images in [0, 1]: normalization,
   input size, labels, layer aliases), ``as_model`` and ``model_fingerprint`` (cache keys).
+- ``modes``: ``@analysis``, which runs the model in eval mode for one call and restores every module's mode.
 - ``zoo``: ``load_model(spec)`` for ``inceptionv1``, ``inceptionv1_lucid``, ``googlenet``,
   ``squeezenet1_1``, ``efficientnet_lite2``, ``torchvision:NAME`` and user factories.
 - ``weights``: finding, downloading and SHA-256-checking weights files; ``labels``: ImageNet names.

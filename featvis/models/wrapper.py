@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util.errors import FeatvisError
+from .modes import analysis
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,6 +130,7 @@ class FeatvisModel(nn.Module):
     def label(self, index: int) -> str:
         return self.labels[index] if self.labels and 0 <= index < len(self.labels) else str(index)
 
+    @analysis
     @torch.no_grad()
     def classify(self, images: torch.Tensor | Sequence[torch.Tensor], top: int = 5) -> list[list[tuple[int, str, float]]]:
         """Top-``top`` ``(index, label, probability)`` for each photo ([3, H, W] in [0, 1], any size)."""

@@ -29,6 +29,7 @@ from .._util.fileio import atomic_output
 from .._util.progress import progress_bar
 from ..core.images import sample_photos
 from ..core.probe import capture
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from .objectives import INPUT, Objective
 from .spec import parse_spec
@@ -129,6 +130,7 @@ def store(model: FeatvisModel, what: str, size: int, acts: torch.Tensor) -> None
         pass
 
 
+@analysis
 @torch.no_grad()
 def natural_max(model: nn.Module, spec: str | Objective, size: int | None = None, progress: bool = False) -> float:
     """The highest value of a one-image objective over the natural photo crops at ``size``

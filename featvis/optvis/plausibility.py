@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from .fast_layers import fast_layers
 from .natural import CHUNK, photo_crops, read_stored, store
@@ -64,6 +65,7 @@ def natural_features(model: nn.Module) -> torch.Tensor:
     return cache[size].cpu()
 
 
+@analysis
 def plausibility(model: nn.Module, images: torch.Tensor, k: int = K) -> list[float]:
     """Mean cosine similarity of each image's centred deep features to its ``k`` nearest natural crops'."""
     natural = natural_features(model)

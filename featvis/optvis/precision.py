@@ -19,6 +19,7 @@ import torch
 
 from .._util.choices import PRECISIONS
 from .._util.errors import FeatvisError
+from ..models.modes import eval_mode
 from ..models.wrapper import FeatvisModel
 from .fast_layers import fast_layers
 
@@ -96,19 +97,17 @@ def frozen(model: FeatvisModel, dtype: torch.dtype = torch.float32) -> Iterator[
     """Eval mode, no parameter gradients, floating parameters and buffers in ``dtype`` and
     channels-last conv weights (what oneDNN wants for channels-last inputs, instead of
     reordering the weights at every call) for the duration; the previous state is restored exactly."""
-    training = model.training
     saved = [(p, p.requires_grad, p.data) for p in model.parameters()]
     buffers = [(b, b.data) for b in model.buffers() if b.is_floating_point()]
     try:
-        model.eval()
         for p, _, data in saved:
             p.requires_grad_(False)
             p.data = data.to(dtype, memory_format=torch.channels_last if data.dim() == 4 else torch.preserve_format)
         for b, data in buffers:
             b.data = data.to(dtype)
-        yield
+        with eval_mode(model):
+            yield
     finally:
-        model.train(training)
         for p, flag, data in saved:
             p.data = data
             p.requires_grad_(flag)

@@ -57,13 +57,10 @@ def _find_children(model: FeatvisModel, path: str, size: int) -> tuple[tuple[str
         return None
     ran: list[tuple[str, object]] = []
     handles = [child.register_forward_hook(lambda m, i, out, name=name: ran.append((name, out))) for name, child in children]
-    training = model.training
     try:
-        model.eval()  # no batch-norm statistics updated, no dropout
         image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(model.mean.device)
         output = capture(model, image, [path])[path]
     finally:
-        model.train(training)
         for handle in handles:
             handle.remove()
     names = [name for name, _ in ran]

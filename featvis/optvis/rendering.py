@@ -43,6 +43,7 @@ from .._util.progress import Counter, progress_bar
 from .._util.reprs import short_repr
 from ..core.images import load_image
 from ..core.probe import Probe
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from . import transforms as tf
 from .accentuation import DEFAULT_DISTANCE, SEED, Accentuation, pull_back
@@ -94,6 +95,7 @@ class RenderResult:
     __repr__ = short_repr  # shapes, not pixel values
 
 
+@analysis
 def render(
     model: nn.Module,
     specs: str | Objective | Sequence[str | Objective],

@@ -28,6 +28,7 @@ from .._util.errors import FeatvisError
 from .._util.reprs import short_repr
 from ..core.figures import PANEL_TITLE_SIZE, TITLE_SIZE, add_colorbar, new_figure, show_map
 from ..core.probe import Probe, model_input
+from ..models.modes import analysis
 from ..models.wrapper import as_model
 from .result import Box, ReceptiveField
 from .tracer import receptive_field
@@ -112,6 +113,7 @@ class EffectiveField:
         }
 
 
+@analysis
 def effective_receptive_field(
     model: nn.Module,
     layer: str,

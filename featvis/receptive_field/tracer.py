@@ -36,6 +36,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .._util.errors import FeatvisError
 from .._util.failures import forward_failed
 from ..core import shapes
+from ..models.modes import eval_mode
 from ..models.wrapper import FeatvisModel, as_model
 from .field import _Axis, _Local, _Merged, _Op, _tensors, _Unknown
 from .result import ReceptiveField
@@ -93,19 +94,14 @@ def _trace(model: FeatvisModel, size: tuple[int, int], origin: str | None = None
     (a module path) fields are measured on that module's output map instead of the image, along
     the paths through it only, and only modules that finish after it are recorded.
     """
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             try:
                 return _trace_once(model, size, meta=True, origin=origin)
             except Exception:  # noqa: BLE001 - any failure on meta tensors: retry with real ones
                 return _trace_once(model, size, meta=False, origin=origin)
     except RuntimeError as exc:
         raise forward_failed(model.name, size, exc) from None
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool,

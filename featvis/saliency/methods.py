@@ -52,6 +52,7 @@ from ..core.figures import TITLE_SIZE, add_colorbar, new_figure, show_image, sho
 from ..core.probe import model_input, spatial_layers
 from ..inspect.feature_maps import to_input_space
 from ..models.labels import label_index
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 
 
@@ -238,6 +239,7 @@ _METHOD_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+@analysis
 def saliency(
     model: nn.Module,
     image: torch.Tensor,

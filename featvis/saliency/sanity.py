@@ -28,6 +28,7 @@ from .._util.errors import FeatvisError
 from .._util.reprs import short_repr
 from ..core.figures import TITLE_SIZE, new_figure
 from ..core.probe import model_input
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from .methods import SaliencyResult, attribute, check_method, describe, draw_saliency, guided_model, reduce_map, resolve_target
 
@@ -157,6 +158,7 @@ def _normalized(values: torch.Tensor) -> torch.Tensor:
     return values / peak if peak > 0 else values
 
 
+@analysis
 def cascading_randomization(
     model: nn.Module,
     image: torch.Tensor,
@@ -266,6 +268,7 @@ def blurred(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
     return F.conv2d(rows, window.transpose(-1, -2), groups=x.shape[1])
 
 
+@analysis
 @torch.no_grad()
 def deletion_insertion(
     model: nn.Module,

@@ -11,6 +11,8 @@ every ``requires_grad``) from before the call.
 from __future__ import annotations
 
 import copy
+import inspect
+import types
 
 import pytest
 import torch
@@ -129,3 +131,20 @@ def test_a_model_whose_forward_fails_still_gets_its_modes_back(user_net):
     with pytest.raises(RuntimeError):
         featvis.capture(model, torch.rand(1, 2, 260, 260), [LAYER])  # two channels: normalization fails
     assert_unchanged(user_net, before)
+
+
+def test_every_public_function_that_takes_a_model_is_an_analysis():
+    """A new public analysis without ``@analysis`` would damage training-mode models again."""
+    checked, missing = set(), []
+    for name in featvis._EXPORTS:
+        obj = getattr(featvis, name)
+        function = getattr(obj, "__wrapped__", None) if isinstance(obj, types.ModuleType) else obj  # callable packages
+        if not inspect.isfunction(function) or name == "as_model":  # as_model only wraps, it runs nothing
+            continue
+        if next(iter(inspect.signature(function).parameters), None) == "model":
+            checked.add(name)
+            if not getattr(function, "runs_in_eval_mode", False):
+                missing.append(name)
+    assert not missing, f"public functions taking a model without @analysis: {missing}"
+    assert {"render", "saliency", "explain", "receptive_field", "capture", "dataset_examples"} <= checked
+    assert featvis.FeatvisModel.classify.runs_in_eval_mode

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from .._util.errors import FeatvisError
 from ..core.probe import capture
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from ..receptive_field import ReceptiveField, relative_field
 
@@ -116,6 +117,7 @@ def fitted_field(model: FeatvisModel, source: str, target: str) -> tuple[Recepti
                        f"even for {MAX_INPUT} px images; choose layers closer together")
 
 
+@analysis
 def expanded_weights(model: nn.Module, source: str, target: str, *, progress: bool = False) -> torch.Tensor:
     """The expanded weights from layer ``source`` to layer ``target``, float64 ``[C_target, C_source, kh, kw]``.
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._util.errors import FeatvisError
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from .expanded import expanded_weights
 
@@ -92,6 +93,7 @@ def _labels(members: dict[int, list[int]], n: int) -> list[int]:
     return labels
 
 
+@analysis
 def weight_similarity(model: nn.Module, layer: str, source: str | None = None, clusters: int = 8, *,
                       weights: torch.Tensor | None = None) -> WeightSimilarity:
     """Group ``layer``'s channels into ``clusters`` families by their expanded weights from

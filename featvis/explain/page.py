@@ -18,6 +18,7 @@ from .._util.html import Markup, document, join, tag
 from ..core.figures import TITLE_SIZE, add_colorbar, figure_bytes, new_figure, show_image, show_map
 from ..core.images import png_bytes
 from ..inspect.feature_maps import to_input_space
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel
 from ..receptive_field import receptive_field
 from .blocks import Explanation, Groups
@@ -87,6 +88,7 @@ def _card(image: torch.Tensor | None, *lines: str) -> Markup:
     return tag("div", picture, *[tag("div", line) for line in lines], class_="card")
 
 
+@analysis
 def explanation_page(model: FeatvisModel, expl: Explanation, title: str) -> str:
     """The whole explanation as one HTML page (see the module docstring)."""
     groups = expl.groups

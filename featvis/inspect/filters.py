@@ -20,6 +20,7 @@ from torch import nn
 from .._util.choices import NORMALIZE
 from .._util.errors import FeatvisError
 from ..core.figures import SIGNED_CMAP, TITLE_SIZE, add_colorbar, grid_shape, new_figure
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 
 
@@ -111,6 +112,7 @@ def _check_normalize(normalize: str) -> None:
         raise FeatvisError(f"unknown normalisation '{normalize}'; use 'filter' (each its own scale) or 'shared'")
 
 
+@analysis
 def filter_images(
     model: nn.Module, layer: str, filters: Sequence[int] | None = None, normalize: str = "filter"
 ) -> torch.Tensor:
@@ -140,6 +142,7 @@ def _mosaic(tiles: np.ndarray, rows: int, cols: int, gap: int = 1) -> np.ndarray
     return canvas
 
 
+@analysis
 def filter_grid(
     model: nn.Module,
     layer: str,

@@ -42,4 +42,5 @@ def analysis(function: F) -> F:
         with eval_mode(model):
             return function(model, *args, **kwargs)
 
+    run.runs_in_eval_mode = True  # type: ignore[attr-defined]  # what tests/test_model_modes.py checks on every public analysis
     return run  # type: ignore[return-value]

@@ -27,6 +27,7 @@ import torch
 
 from .._util.errors import FeatvisError
 from ..core.probe import capture
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from .objectives import INPUT, Objective, Shapes, channel, class_logit, deepdream, neuron
 
@@ -45,6 +46,7 @@ def _hint(exc: FeatvisError) -> str:
     return message.split("; ", 1)[1] if "; " in message else message
 
 
+@analysis
 def parse_spec(model: torch.nn.Module, text: str) -> Objective:
     """Parse a spec (grammar in the module docstring) into an Objective, checking layer and channel."""
     model = as_model(model)

@@ -36,7 +36,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .._util.errors import FeatvisError
 from .._util.failures import forward_failed
 from ..core import shapes
-from ..models.modes import eval_mode
+from ..models.modes import analysis, eval_mode
 from ..models.wrapper import FeatvisModel, as_model
 from .field import _Axis, _Local, _Merged, _Op, _tensors, _Unknown
 from .result import ReceptiveField
@@ -202,6 +202,7 @@ def _result(layer: str, path: str, state: Any, shape: tuple[int, ...], size: tup
     )
 
 
+@analysis
 def receptive_fields(
     model: nn.Module, layers: Sequence[str] | None = None, input_size: int | Sequence[int] | None = None
 ) -> list[ReceptiveField]:
@@ -226,11 +227,13 @@ def receptive_fields(
     return [_result(name, path, *records[path], size) for name, path in zip(names, paths)]
 
 
+@analysis
 def receptive_field(model: nn.Module, layer: str, input_size: int | Sequence[int] | None = None) -> ReceptiveField:
     """The receptive field of one layer (see ``receptive_fields``)."""
     return receptive_fields(model, [layer], input_size)[0]
 
 
+@analysis
 def relative_field(model: nn.Module, source: str, target: str, input_size: int | Sequence[int] | None = None) -> ReceptiveField:
     """The receptive field of layer ``target`` measured in units of layer ``source``'s output map.
 

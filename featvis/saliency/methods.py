@@ -407,6 +407,7 @@ def _rewrite_relus(module: nn.Module, path: str) -> nn.Module:
     return rewritten.train(module.training)
 
 
+@analysis
 def guided_model(model: nn.Module) -> FeatvisModel:
     """A copy of ``model`` on which captum's guided backprop and deconvolution really apply.
 

@@ -24,6 +24,9 @@ F = TypeVar("F", bound=Callable)
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Every module of ``model`` in eval mode for the duration; each module's own mode restored after."""
     modes = [(module, module.training) for module in model.modules()]
+    if not any(training for _, training in modes):
+        yield  # already in eval mode (every model load_model gives): nothing to change or restore
+        return
     try:
         model.eval()
         yield

@@ -338,3 +338,110 @@ def test_a_static_gallery_and_the_serve_cache_share_one_folder(project):
         assert (shared / rel).read_bytes() == data and (shared / rel).stat().st_mtime_ns == stamps[rel]
         assert Path(rel).name in site
     assert len(list((shared / "layers" / "conv3" / "img").glob("*.png"))) == 4
+
+
+def small_net(folder: Path):
+    """The user's own nn.Sequential from nets.py, loaded in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_test_nets", folder / "nets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.small().net
+
+
+def fragment(serve: Serve, path: str, timeout: float = 120.0) -> str:
+    """A background section once computed (its URL answers 202 until then)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        status, body, _ = serve.get(path)
+        if status != 202:
+            assert status == 200, (path, status, body[:300])
+            return body.decode()
+        time.sleep(0.2)
+    raise AssertionError(f"{path} not ready after {timeout} s")
+
+
+def field_rows(net, layer: str, unit: tuple[int, int], channel: int = 0) -> tuple[int, int]:
+    """First and last input row that reach ``layer``'s unit: the support of its gradient in a copy with
+    every weight positive and no bias (so every ReLU passes and no weight is zero)."""
+    import copy
+
+    import torch
+
+    net = copy.deepcopy(net).double()
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.constant_(module.weight, 1.0 / module.weight[0].numel())
+            torch.nn.init.zeros_(module.bias)
+    image = torch.ones(1, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    seen = {}
+    handle = getattr(net, layer).register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    try:
+        net(image)
+    finally:
+        handle.remove()
+    seen["out"][0, channel, unit[0], unit[1]].backward()
+    rows = image.grad[0].abs().sum(dim=(0, 2)).nonzero().flatten()
+    return int(rows[0]), int(rows[-1])
+
+
+def test_layer_table_unit_sections_agree_with_pytorch(server, project):
+    """What the pages say about the model, against PyTorch on the user's own module: output shapes
+    (forward hooks), receptive field, stride and padding (the support of autograd gradients), circuits
+    (for adjacent convolutions the expanded weight is the kernel itself, ranked by its norm; the ReLU
+    between is passed over) and dataset examples (each photo prepared as torchvision's ImageNet evaluation
+    does, resized to 256/224 of the input and centre-cropped, normalised with ImageNet's mean and std;
+    its channel maximum over positions)."""
+    import torch
+    from torchvision.transforms import functional as TF
+
+    net = small_net(project).eval()
+    shapes = {}
+    hooks = [getattr(net, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+             for name in ("conv1", "conv2", "conv3")]
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    index = server.get("/")[1].decode()
+    for name, shape in shapes.items():
+        top, bottom = field_rows(net, name, (8, 8))
+        stride = field_rows(net, name, (9, 8))[0] - top
+        size, padding = bottom - top + 1, stride * 8 - top
+        cells = "".join(f"<td>{v}</td>" for v in ("×".join(map(str, shape)), f"{size}×{size}", f"{stride}×{stride}",
+                                                   f"{padding}×{padding}"))
+        assert f'<td class="muted">{name}</td><td>Conv2d</td>{cells}' in index, (name, cells)
+    top, bottom = field_rows(net, "conv3", (8, 8), channel=4)
+    unit = server.get("/layer/conv3/4")[1].decode()
+    assert f"the central unit (8, 8) sees rows {top}..{bottom}, columns {top}..{bottom} of the 32 px input" in unit
+
+    card = re.compile(r'<div>([^<]+):(\d+)</div></a>.*?\|w\| ([-+.e0-9]+) · Σ ([-+.e0-9]+)', re.DOTALL)
+    for unit, kernels, other in (("conv3/4", net.conv3.weight[4], "conv2"), ("conv1/2", net.conv2.weight[:, 2], "conv2")):
+        side = "inputs from" if unit.startswith("conv3") else "outputs to"
+        html = fragment(server, f"/fragment/circuits/{unit}")
+        section = html.split(f"Strongest {side} {other}</h3>", 1)[1].split("<h3>", 1)[0]
+        found = [(layer, int(c), float(w), float(s)) for layer, c, w, s in card.findall(section)]
+        norms = kernels.detach().double().flatten(1).norm(dim=1)
+        order = norms.argsort(descending=True)[: len(found)].tolist()
+        assert len(found) == 6 and [c for _, c, _, _ in found] == order and {layer for layer, *_ in found} == {other}
+        for _, c, strength, total in found:
+            assert strength == pytest.approx(float(norms[c]), rel=5e-3)
+            assert total == pytest.approx(float(kernels[c].sum()), rel=5e-3, abs=1e-3)
+    assert "relu3:" not in fragment(server, "/fragment/circuits/conv3/4")  # not its own ReLU, weight 1
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    best = {}
+    for photo in sorted((project / "photos").glob("*.png")):
+        image = TF.to_tensor(Image.open(photo).convert("RGB"))
+        x = TF.normalize(TF.center_crop(TF.resize(image, round(32 * 256 / 224), antialias=True), 32), mean, std)[None]
+        hook = net.conv2.register_forward_hook(lambda m, i, o, name=photo.name: best.__setitem__(name, float(o[0, 3].max())))
+        with torch.no_grad():
+            net(x)
+        hook.remove()
+    html = fragment(server, "/fragment/examples/conv2/3")
+    shown = re.findall(r'<div>([-+.e0-9]+)</div><div class="muted">([^<]+)</div>', html)
+    expected = sorted(best, key=best.get, reverse=True)
+    assert [name for _, name in shown] == expected
+    for value, name in shown:
+        assert float(value) == pytest.approx(best[name], rel=5e-3)

@@ -58,13 +58,20 @@ def test_unit_page_shows_the_picture_featvis_render_makes_and_circuit_links_work
     expected = cli_render(project, state["meta"]["batch"], tmp_path)
     assert np.array_equal(shown, expected["conv3:4"])
 
-    # circuits: conv3 reads the layer before it ("odd<b>&", an identity): follow its strongest input
+    # circuits: conv3's inputs come from conv2 (its ReLU and the identity "odd<b>&" pass channels
+    # through one by one, so they are passed over): follow the strongest one
     link = page.wait_for_selector("a.circuit-link", timeout=TIMEOUT_MS)
     name = link.inner_text().splitlines()[-1]
-    assert name.startswith("odd<b>&:")
+    assert name.startswith("conv2:")
     link.click()
-    page.wait_for_url("**/layer/odd%3Cb%3E%26/*")
+    page.wait_for_url(f"**/layer/conv2/{name.split(':')[1]}")
     assert page.inner_text("h1") == name
+    page.wait_for_selector("#picture-positive img[data-done]", timeout=TIMEOUT_MS)
+    # a neighbour whose name needs escaping, reached by a click
+    page.go_back()
+    page.click('#neighbours a[href="/layer/odd%3Cb%3E%26/4"]')
+    page.wait_for_url("**/layer/odd%3Cb%3E%26/4")
+    assert page.inner_text("h1") == "odd<b>&:4"
     page.wait_for_selector("#picture-positive img[data-done]", timeout=TIMEOUT_MS)
     assert page.locator("#neighbours a").count() >= 2
     page.close()

@@ -80,6 +80,15 @@ def rank(maps: torch.Tensor, layer: str, k: int, sign: str | None = None, scores
     return [Connection(layer, int(n), float(scores[n]), float(maps[n].sum()), maps[n].clone()) for n in order]
 
 
+def channel_wise(weights: torch.Tensor) -> bool:
+    """Whether expanded weights ``[C, C, kh, kw]`` join each channel to itself alone, as a ReLU, a
+    batch norm, a pool or an identity does: such a pair shows no circuit, only the same unit again."""
+    if weights.dim() != 4 or weights.shape[0] != weights.shape[1]:
+        return False
+    strength = weights.flatten(2).abs().amax(dim=2)
+    return not bool(strength[~torch.eye(len(strength), dtype=torch.bool, device=strength.device)].any())
+
+
 def _attribution_scores(sums: torch.Tensor, sign: str | None) -> torch.Tensor:
     return sums.abs() if sign is None else sums if sign == "positive" else -sums
 

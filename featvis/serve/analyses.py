@@ -15,7 +15,7 @@ import torch
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text
 from ..circuits import expanded_weights
-from ..circuits.connections import rank
+from ..circuits.connections import channel_wise, rank
 from ..core.figures import save_figure
 from ..core.images import save_image
 from ..explain import explain, explanation_page
@@ -28,16 +28,19 @@ ERF_SAMPLES = 8  # noise images for the effective field: enough for its shape, q
 
 
 class Circuits:
-    """Each unit's strongest inputs and outputs by expanded weight; one matrix per layer pair, kept."""
+    """Each unit's strongest inputs and outputs by expanded weight; one matrix per layer pair, kept.
+
+    The other end of a circuit is the nearest layer whose channels mix with this one's: layers
+    joined channel by channel (a ReLU, batch norm, pool or identity, as between every convolution
+    of a ``Sequential`` CNN and its activation) are passed over, since they would show only the
+    same unit again with weight 1."""
 
     def __init__(self, model: FeatvisModel, info: ModelInfo, k: int):
         self.model, self.info, self.k = model, info, k
         self._weights: dict[tuple[str, str], torch.Tensor | str] = {}
         self._lock = threading.Lock()
 
-    def _pair(self, source: str | None, target: str | None) -> torch.Tensor | str | None:
-        if source is None or target is None:
-            return None
+    def _pair(self, source: str, target: str) -> torch.Tensor | str:
         with self._lock:
             if (source, target) not in self._weights:
                 try:
@@ -46,10 +49,34 @@ class Circuits:
                     self._weights[source, target] = str(exc)
             return self._weights[source, target]
 
+    def _mixing(self, a: str, b: str) -> bool:
+        """Whether the pair (``a`` before ``b``) mixes channels (or cannot be expanded at all)."""
+        weights = self._pair(a, b)
+        return not isinstance(weights, torch.Tensor) or not channel_wise(weights)
+
+    def _across(self, layer: str, incoming: bool) -> tuple[str | None, torch.Tensor | str | None]:
+        """The nearest mixing layer before (``incoming``) or after ``layer`` and the weights of the pair.
+
+        An input layer is taken at the start of its channel-wise chain, as the Circuits thread names
+        mixed3b (not the max pool after it) as mixed4a's input, so both ends of a circuit agree."""
+        step = self.info.source_of if incoming else self.info.target_of
+        other = step(layer)
+        for _ in range(len(self.info.rows)):
+            if other is None or (self._mixing(other, layer) if incoming else self._mixing(layer, other)):
+                break
+            other = step(other)
+        if other is None:
+            return None, None
+        for _ in range(len(self.info.rows) if incoming else 0):
+            before = step(other)
+            if before is None or self._mixing(before, other) or not isinstance(self._pair(before, layer), torch.Tensor):
+                break
+            other = before
+        return other, self._pair(other, layer) if incoming else self._pair(layer, other)
+
     def connections(self, layer: str, channel: int) -> dict:
         """``{"unit", "source", "target", "inputs", "outputs", "problems"}``, as ``featvis circuit --json`` lists them."""
-        source, target = self.info.source_of(layer), self.info.target_of(layer)
-        incoming, outgoing = self._pair(source, layer), self._pair(layer, target)
+        (source, incoming), (target, outgoing) = self._across(layer, True), self._across(layer, False)
         problems = [value for value in (incoming, outgoing) if isinstance(value, str)]
         inputs = rank(incoming[channel], source, self.k) if isinstance(incoming, torch.Tensor) else []
         outputs = rank(outgoing[:, channel], target, self.k) if isinstance(outgoing, torch.Tensor) else []

@@ -238,7 +238,7 @@ def circuits_fragment(data: dict, thumbs: dict[tuple[str, int], Markup]) -> str:
         connections = data[side]
         if not connections:
             parts.append(tag("p", f"no {side}: no layer {'before' if side == 'inputs' else 'after'} this one to connect to"
-                         if other is None else f"no {side} from {other}", class_="muted"))
+                         if other is None else f"no {side} {'from' if side == 'inputs' else 'to'} {other}", class_="muted"))
             continue
         limit = max(abs(v) for c in connections for row in c["map"] for v in row) or 1.0
         cards = [tag("div", tag("a", thumbs.get((c["layer"], c["channel"])), tag("div", f"{c['layer']}:{c['channel']}"),

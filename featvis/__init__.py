@@ -14,10 +14,13 @@ Public API (everything a notebook needs):
   ``cascading_randomization`` and ``deletion_insertion``; ``save_figure`` (PNG/SVG/PDF).
 - Receptive fields: ``receptive_field(model, layer)``/``receptive_fields(model)`` -> ``ReceptiveField``
   (exact for any graph; ``register_rule`` for your own layers), ``effective_receptive_field`` (Luo et al.).
-- Feature visualization: ``render(model, specs, ...)`` -> list of ``RenderResult``; specs like
-  ``"mixed4a:97"`` (``parse_spec``) or ``objectives`` combined with + - *; ``natural_max``.
+- Feature visualization: ``render(model, specs, RenderSettings(steps=..., size=...), ...)`` -> list of
+  ``RenderResult`` (the settings' fields also as keywords: ``render(model, specs, steps=64)``); specs like
+  ``"mixed4a:97"`` (``parse_spec``) or ``objectives`` combined with + - *; ``natural_max``. ``RenderSettings``
+  is the one settings object of every door (render, gallery, serve, explain, atlas, circuit).
   ``precision="auto"`` runs the model in bfloat16 while optimising on CPUs with AMX or AVX512-BF16
-  (1.45x to 2x faster), float32 elsewhere; reported activations are float32 measurements.
+  (1.45x to 2x faster) where its start gradient agrees with float32's ($FEATVIS_CPU_BF16=1|0 forces the
+  CPU's answer), float32 elsewhere; every result says the format used; reported activations are float32.
 - Circuits (Olah et al. 2020): ``expanded_weights(model, source, target)``, ``top_connections(model, unit, source, k)``
   and ``weight_similarity(model, layer)`` (neuron families by their weights).
 - Dataset examples: ``dataset_examples(model, images, layers, out, k=9)`` -> ``ExamplesResult`` (each channel's
@@ -79,6 +82,7 @@ _EXPORTS: dict[str, str] = {
     "optvis": "optvis",
     "Objective": "optvis",
     "RenderResult": "optvis",
+    "RenderSettings": "optvis",
     "natural_max": "optvis",
     "objectives": "optvis",
     "parse_spec": "optvis",
@@ -139,6 +143,7 @@ __all__ = [
     "Probe",
     "ReceptiveField",
     "RenderResult",
+    "RenderSettings",
     "SaliencyResult",
     "as_model",
     "capture",

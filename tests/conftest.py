@@ -126,6 +126,25 @@ def user_models(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(params=["0", "1"], ids=["cpu-float32", "cpu-bfloat16"])
+def cpu_bf16(request, monkeypatch) -> bool:
+    """Both answers of the CPU capability check ($FEATVIS_CPU_BF16): a test taking this fixture runs
+    once as on an AVX2 CPU (auto = float32) and once as on an AVX512-BF16/AMX one (auto = bfloat16,
+    guarded), whatever CPU runs the suite. The per-model decisions of earlier tests are forgotten."""
+    from featvis.optvis import precision
+
+    monkeypatch.setenv(precision.CPU_BF16_ENV, request.param)
+    monkeypatch.setattr(precision, "_CHECKED", type(precision._CHECKED)())
+    return request.param == "1"
+
+
+def cpu_flags_bfloat16() -> bool | None:
+    """Ground truth for the CPU check, independent of featvis: whether the kernel lists AMX tiles or
+    AVX512-BF16 among the CPU's flags (None where /proc/cpuinfo is absent)."""
+    info = Path("/proc/cpuinfo")
+    return bool(set(info.read_text().split()) & {"amx_tile", "avx512_bf16"}) if info.exists() else None
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Many small float64 ops: one torch thread avoids thread spin-waits on a shared CPU."""

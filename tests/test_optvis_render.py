@@ -3,9 +3,7 @@ batches without cross-talk, stops cleanly on Ctrl-C and checks its input before 
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ from featvis.optvis.precision import frozen
 from featvis.optvis.transforms import resize
 
 rendering = __import__("featvis.optvis.rendering", fromlist=["REDIRECT_STEPS"])
+precision_module = __import__("featvis.optvis.precision", fromlist=["cpu_bfloat16"])
 
 
 def _small_model() -> featvis.FeatvisModel:
@@ -122,15 +121,11 @@ class _ChannelSmoothing(nn.Module):
         return F.avg_pool3d(x.unsqueeze(1), (3, 1, 1), stride=1, padding=(1, 0, 0)).squeeze(1)
 
 
-def test_precision_choices_and_models_without_bfloat16_kernels():
+def test_precision_choices_and_models_without_bfloat16_kernels(cpu_bf16):
     model = _small_model()
     assert rendering.compute_dtype("float32", model) is torch.float32
     assert rendering.compute_dtype("bfloat16", model) is torch.bfloat16
-    # ground truth: the CPU's own flags, as the kernel lists them
-    flags = set(re.findall(r"\S+", Path("/proc/cpuinfo").read_text())) if Path("/proc/cpuinfo").exists() else None
-    if flags is not None:
-        fast = bool(flags & {"amx_tile", "avx512_bf16"})
-        assert rendering.compute_dtype("auto", model) is (torch.bfloat16 if fast else torch.float32)
+    assert rendering.compute_dtype("auto", model) is (torch.bfloat16 if cpu_bf16 else torch.float32)
     with pytest.raises(FeatvisError, match="unknown precision 'half'; use one of auto, float32, bfloat16"):
         rendering.compute_dtype("half", model)
     odd = featvis.as_model(nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3), smooth=_ChannelSmoothing(), relu=nn.ReLU())),
@@ -140,6 +135,23 @@ def test_precision_choices_and_models_without_bfloat16_kernels():
     assert result.activation > 0
     with pytest.raises(FeatvisError, match=r"cannot run in bfloat16 here \(.*avg_pool3d.*\); use precision float32"):
         render(odd, ["relu:1"], steps=3, size=16, precision="bfloat16", progress=False, natural=False)
+
+
+def test_the_cpu_check_reads_the_cpu_flags_unless_forced(monkeypatch):
+    """Unset, the check answers what the kernel's CPU flags say (AMX tiles or AVX512-BF16);
+    $FEATVIS_CPU_BF16 forces either answer; anything else is one line naming the fix."""
+    from conftest import cpu_flags_bfloat16
+
+    monkeypatch.delenv(precision_module.CPU_BF16_ENV, raising=False)
+    flags = cpu_flags_bfloat16()
+    if flags is not None:
+        assert precision_module.cpu_bfloat16() is flags
+    for value, expected in (("1", True), ("0", False), (" 1 ", True)):
+        monkeypatch.setenv(precision_module.CPU_BF16_ENV, value)
+        assert precision_module.cpu_bfloat16() is expected
+    monkeypatch.setenv(precision_module.CPU_BF16_ENV, "yes")
+    with pytest.raises(FeatvisError, match=r"FEATVIS_CPU_BF16='yes' is not understood; set it to 1 .* or 0"):
+        rendering.compute_dtype("auto", _small_model())
 
 
 def test_a_batch_renders_what_separate_renders_do():
@@ -169,20 +181,29 @@ def test_an_image_does_not_depend_on_its_batch_bit_for_bit():
     assert torch.equal(together[1].image, alone.image) and together[1].activation == alone.activation
 
 
-def test_ctrl_c_returns_the_images_so_far():
+def test_ctrl_c_returns_the_images_so_far(cpu_bf16, monkeypatch):
+    """Ctrl-C during step 4 (counted in optimisation steps, whatever checks ran before the first one:
+    on a bfloat16 CPU the start-gradient check calls the objectives too) returns the images of the 3
+    finished steps, on both precision paths."""
     model = _small_model()
-    calls = []
+    steps_begun = []
     base = channel("relu2", 1)
+    real_zero_grad = rendering.Adam.zero_grad
 
-    def stop_at_fourth(acts):
-        calls.append(1)
-        if len(calls) == 4:
+    def counting_zero_grad(self):  # called once per optimisation step, before its backward pass
+        steps_begun.append(1)
+        return real_zero_grad(self)
+
+    def stop_in_fourth_step(acts):
+        if len(steps_begun) == 3 and torch.is_grad_enabled():  # the 4th step's forward pass (3 steps done)
             raise KeyboardInterrupt
         return base(acts)
 
-    objective = Objective(stop_at_fourth, "stopper", base.layers)
+    monkeypatch.setattr(rendering.Adam, "zero_grad", counting_zero_grad)
+    objective = Objective(stop_in_fourth_step, "stopper", base.layers)
     results = render(model, [objective, "relu2:2"], steps=50, size=32, batch=1, thresholds=[2, 40], progress=False, natural=False)
     assert len(results) == 1 and results[0].interrupted and results[0].steps == 3
+    assert results[0].precision in ({"bfloat16", "float32"} if cpu_bf16 else {"float32"})  # the guard may refuse bfloat16
     assert sorted(results[0].images) == [2, 3] and torch.equal(results[0].images[3], results[0].image)
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     assert all("forward" not in m.__dict__ for m in relus)

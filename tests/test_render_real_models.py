@@ -41,9 +41,9 @@ def _is_picture(result_ratio: float | None, image: torch.Tensor) -> None:
 
 
 def _bfloat16_cpu() -> bool:
-    """Ground truth for whether precision auto may pick bfloat16 at all: the CPU's own flags, as the kernel lists them."""
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    return bool(flags & {"amx_tile", "avx512_bf16"})
+    """Whether precision auto may pick bfloat16 at all: the CPU check (tested against the CPU's own
+    flags in test_optvis_render), or its forced answer ($FEATVIS_CPU_BF16)."""
+    return precision_module.cpu_bfloat16()
 
 
 def _same_as_float32(model: featvis.FeatvisModel, spec: str, default: featvis.RenderResult) -> None:

@@ -77,8 +77,8 @@ def write_project(folder: Path) -> Path:
 class Serve:
     """A `featvis serve` subprocess on 127.0.0.1 (any free port), its URL read from its first line."""
 
-    def __init__(self, folder: Path, cache: Path, *extra: str, env: dict | None = None):
-        command = [sys.executable, "-m", "featvis", "serve", "nets.py:small", "--port", "0", "--cache", str(cache),
+    def __init__(self, folder: Path, cache: Path, *extra: str, env: dict | None = None, model: str = "nets.py:small"):
+        command = [sys.executable, "-m", "featvis", "serve", model, "--port", "0", "--cache", str(cache),
                    *RENDER, "--workers", "0", "--window-ms", "150", "-q", *extra]
         self.process = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, **(env or {})})

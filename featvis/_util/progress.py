@@ -24,10 +24,11 @@ class Counter(Protocol):
 class LineProgress:
     """A tqdm-like counter that prints ``desc: n/total unit (pct), elapsed, ~left`` lines."""
 
-    def __init__(self, total: int, desc: str, unit: str, interval: float = LINE_INTERVAL, file: TextIO | None = None):
+    def __init__(self, total: int, desc: str, unit: str, interval: float = LINE_INTERVAL, file: TextIO | None = None,
+                 initial: int = 0):
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.file = file or sys.stderr
-        self.n = 0
+        self.n = self.first = initial
         self.start = time.monotonic()
         self.last = self.start  # no line at the start: a job that fails at once prints only its error
 
@@ -40,7 +41,8 @@ class LineProgress:
 
     def _line(self) -> None:
         elapsed = time.monotonic() - self.start
-        left = f", ~{elapsed / self.n * (self.total - self.n):.0f} s left" if 0 < self.n < self.total else ""
+        rate = (self.n - self.first) / elapsed if elapsed > 0 else 0.0
+        left = f", ~{(self.total - self.n) / rate:.0f} s left" if rate > 0 and self.n < self.total else ""
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         print(f"{self.desc}: {self.n}/{self.total} {self.unit}{pct}, {elapsed:.0f} s{left}", file=self.file, flush=True)
 
@@ -67,21 +69,22 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def progress_bar(total: int, desc: str, unit: str, enabled: bool = True, leave: bool = False) -> Any:
-    """A progress counter with ``update(n)``, usable as a context manager (see the module docstring)."""
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True, leave: bool = False, initial: int = 0) -> Any:
+    """A progress counter with ``update(n)``, usable as a context manager (see the module docstring);
+    ``initial``: already done (a resumed pass)."""
     if not enabled:
-        return NoProgress(total, desc, unit)
+        return NoProgress(total, desc, unit, initial=initial)
     if in_notebook():
         try:
             import ipywidgets  # noqa: F401  (tqdm's widget needs it)
             from tqdm.notebook import tqdm as notebook_tqdm
 
-            return notebook_tqdm(total=total, desc=desc, unit=unit, leave=leave)
+            return notebook_tqdm(total=total, desc=desc, unit=unit, leave=leave, initial=initial)
         except ImportError:
-            return LineProgress(total, desc, unit)
+            return LineProgress(total, desc, unit, initial=initial)
     stream = sys.stderr
     if hasattr(stream, "isatty") and stream.isatty():
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=stream)
-    return LineProgress(total, desc, unit)
+        return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=stream, initial=initial, dynamic_ncols=True)
+    return LineProgress(total, desc, unit, initial=initial)

@@ -58,12 +58,20 @@ class Connections:
 
 
 def parse_unit(model: FeatvisModel, unit: str) -> tuple[str, int]:
-    """``"mixed3b:12"`` -> ("mixed3b", 12), with the layer resolved and the channel checked later."""
+    """``"mixed3b:12"`` -> ("mixed3b", 12), with the layer resolved and the channel checked against the
+    layer's output (one forward pass to the layer: before any expanded weight is computed)."""
     match = re.fullmatch(r"\s*([^:\s]+):(\d+)\s*", unit)
     if not match:
-        raise FeatvisError(f"bad unit '{unit}'; write LAYER:CHANNEL, e.g. mixed3b:12")
-    model.resolve(match[1])
-    return match[1], int(match[2])
+        example = next(iter(model.layer_names()), "conv1")
+        raise FeatvisError(f"bad unit '{unit}'; write LAYER:CHANNEL, e.g. {example}:0 (`featvis layers` lists the layers)")
+    layer, channel = match[1], int(match[2])
+    model.resolve(layer)
+    with torch.no_grad():
+        out = capture(model, torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device), [layer])[layer]
+    if out.dim() < 2 or channel >= out.shape[1]:
+        count = out.shape[1] if out.dim() >= 2 else 0
+        raise FeatvisError(f"channel {channel} is out of range for layer '{layer}' ({count} channels); use 0..{count - 1}")
+    return layer, channel
 
 
 def rank(maps: torch.Tensor, layer: str, k: int, sign: str | None = None, scores: torch.Tensor | None = None) -> list[Connection]:
@@ -137,6 +145,9 @@ def top_connections(
     layer, channel = parse_unit(fmodel, unit)
     if k < 1:
         raise FeatvisError(f"k must be at least 1, got {k}")
+    for other in (source, target):
+        if other is not None:
+            fmodel.resolve(other)  # an unknown layer fails before the expanded weights
     incoming = expanded_weights(fmodel, source, layer, progress=progress)
     if channel >= incoming.shape[0]:
         raise FeatvisError(f"channel {channel} is out of range for layer '{layer}' ({incoming.shape[0]} channels); "

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from tqdm import tqdm
 
 from .._util.errors import FeatvisError
+from .._util.progress import progress_bar
 from ..core.probe import capture
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
@@ -154,11 +154,14 @@ def expanded_weights(model: nn.Module, source: str, target: str, *, progress: bo
                            f"({channels_out}x{channels_in}x{box.height}x{box.width}); choose layers closer together")
     chunk = max(1, min(channels_out, CHUNK_BYTES // (8 * source_map.numel())))
     kernels = []
-    for start in tqdm(range(0, channels_out, chunk), desc="expanded weights", unit="chunk", disable=not progress):
-        rows = torch.arange(start, min(start + chunk, channels_out))
-        picks = torch.zeros(len(rows), channels_out, dtype=torch.float64, device=unit.device)
-        picks[torch.arange(len(rows)), rows] = 1
-        grads, = torch.autograd.grad(unit, source_map, picks, retain_graph=True, is_grads_batched=True)
-        kernels.append(grads[:, 0, :, box.y0 : box.y1, box.x0 : box.x1].cpu())
+    starts = range(0, channels_out, chunk)
+    with progress_bar(len(starts), f"expanded weights {source} -> {target}", "chunks", enabled=progress) as bar:
+        for start in starts:
+            rows = torch.arange(start, min(start + chunk, channels_out))
+            picks = torch.zeros(len(rows), channels_out, dtype=torch.float64, device=unit.device)
+            picks[torch.arange(len(rows)), rows] = 1
+            grads, = torch.autograd.grad(unit, source_map, picks, retain_graph=True, is_grads_batched=True)
+            kernels.append(grads[:, 0, :, box.y0 : box.y1, box.x0 : box.x1].cpu())
+            bar.update(1)
     return torch.cat(kernels)
 

@@ -10,7 +10,8 @@ import argparse
 import os
 
 from .._util.errors import FeatvisError
-from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
+from .common import add_model_args, add_out_arg, add_render_args, model_from_args, print_json, render_settings, show_progress
+from ..optvis.settings import ATLAS_CELLS  # torch-free
 
 
 def add_parser(subparsers) -> None:
@@ -28,13 +29,10 @@ def add_parser(subparsers) -> None:
     add_out_arg(parser, what="atlas image, .png (FILE.json is written beside it)", metavar="FILE.png")
     parser.add_argument("--class", dest="target", metavar="LABEL", help="class atlas: weight samples by attribution to "
                                                                          "this class (a label or an index)")
-    parser.add_argument("--cell", type=int, default=64, help="pixels per cell (default 64)")
-    parser.add_argument("--steps", type=int, default=256, help="optimisation steps per cell (default 256)")
+    add_render_args(parser, ATLAS_CELLS, what="cell", size_flags=("--cell", "--size"))
     parser.add_argument("--batch", type=int, default=32, help="images per forward pass while sampling (default 32)")
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
     parser.add_argument("--render-batch", type=int, default=16, help="cells rendered together (default 16)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: sampled positions, UMAP, renders (default 0)")
-    add_precision_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -44,15 +42,15 @@ def run(args: argparse.Namespace) -> int:
     from ..examples.source import list_images
 
     require_umap()
+    settings = render_settings(args)  # bad values refused before any work
     if not args.out.lower().endswith(".png"):
         raise FeatvisError(f"the atlas is saved as PNG; give -o a .png path, got {args.out}")
     ensure_writable_dir(os.path.dirname(args.out) or ".")
     list_images(args.images)  # fail before loading the model
     model = model_from_args(args)
     atlas = activation_atlas(model, args.images, args.layer, args.out, grid=args.grid, samples=args.samples,
-                             target=args.target, cell=args.cell, steps=args.steps, batch=args.batch,
-                             workers=args.workers, render_batch=args.render_batch, seed=args.seed,
-                             precision=args.precision, progress=show_progress(args))
+                             target=args.target, settings=settings, batch=args.batch,
+                             workers=args.workers, render_batch=args.render_batch, progress=show_progress(args))
     if args.json:
         print_json(atlas.summary)
     else:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .._util.errors import FeatvisError
-from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
+from .common import add_model_args, add_out_arg, add_render_args, model_from_args, print_json, render_settings, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -26,10 +26,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--photos", nargs="+", metavar="IMAGE",
                         help="attribution view: weight x mean activation over these photos (Microscope's attribution)")
     add_out_arg(parser, required=False, what="figure (.png, .svg or .pdf) with feature visualizations")
-    parser.add_argument("--steps", type=int, default=512, help="optimisation steps per visualization (default 512)")
-    parser.add_argument("--size", type=int, default=128, help="visualization side in px (default 128)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    add_precision_arg(parser)
+    add_render_args(parser, what="visualization")
     parser.set_defaults(func=run)
 
 
@@ -41,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1 or args.k > 64:
         raise FeatvisError(f"--k must be between 1 and 64, got {args.k}")
-    if args.steps < 1 or args.size < 8:
-        raise FeatvisError(f"--steps must be >= 1 and --size >= 8 px, got {args.steps} and {args.size}")
+    args.settings = render_settings(args)  # bad values refused before any work
     if args.out:
         figure_format(args.out)  # a bad extension or folder fails before any work
         ensure_writable_dir(Path(args.out).parent)
@@ -50,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     connections = top_connections(model, args.spec, args.source, args.k, target=args.target, photos=photos,
                                   sign=None if args.sign == "any" else args.sign,
-                                  progress=show_progress(args) and sys.stderr.isatty())  # the bar only where it redraws
+                                  progress=show_progress(args))  # a bar on a terminal, plain lines in a log
     path = _figure(model, connections, args) if args.out else None
     if args.json:
         print_json(connections.to_dict())
@@ -73,8 +69,7 @@ def _figure(model, connections, args: argparse.Namespace):
 
     ends = [(c.layer, c.channel) for c in connections.inputs + connections.outputs]
     specs = [connections.unit] + [f"{layer}:{channel}" for layer, channel in ends]
-    results = render(model, specs, steps=args.steps, size=args.size, seed=args.seed, batch=len(specs), strict=False,
-                     precision=args.precision, progress=show_progress(args))
+    results = render(model, specs, args.settings, batch=len(specs), strict=False, progress=show_progress(args))
     if len(results) < len(specs) or any(r.interrupted for r in results):
         raise KeyboardInterrupt
     images = {end: result.image for end, result in zip(ends, results[1:])}

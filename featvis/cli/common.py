@@ -19,6 +19,7 @@ from .._util.fileio import check_output_file  # standard library only: no torch 
 
 if TYPE_CHECKING:
     from ..models.wrapper import FeatvisModel
+    from ..optvis.settings import RenderSettings
 
 BUILTIN_MODELS = ("inceptionv1", "googlenet", "squeezenet1_1")
 MODEL_HELP = (
@@ -78,6 +79,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for a count that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def check_figure_output(path: str) -> None:
     """Refuse, before any work, a figure path with a bad extension or naming a folder."""
     from ..core.figures import figure_format  # matplotlib only for the commands that draw
@@ -112,8 +124,36 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
-def add_precision_arg(parser: argparse.ArgumentParser) -> None:
-    """``--precision``, shared by the commands that optimise images (render, gallery)."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="the model's number format while optimising (default auto: bfloat16 on CPUs with AMX or AVX512-BF16, "
-                             "else float32; activations are always reported in float32)")
+def add_render_args(parser: argparse.ArgumentParser, defaults: "RenderSettings | None" = None, *, what: str = "image",
+                    steps_help: str | None = None, no_steps: bool = False, size_flags: tuple[str, ...] = ("--size",)) -> None:
+    """The `RenderSettings` options (--steps, --size, --seed, --param, --no-decorrelate, --transforms,
+    --precision), with the defaults of ``defaults`` (a door's own, e.g. explain's 80 px icons) and the
+    choices of the settings module, for every command that optimises pictures. ``no_steps``: --steps 0
+    is allowed (the command then makes no pictures); ``size_flags``: the spellings of --size (atlas: --cell)."""
+    from ..optvis.settings import FULL_STEPS, PARAMS, TRANSFORMS, RenderSettings  # torch-free
+
+    d = defaults or RenderSettings()
+    parser.add_argument("--steps", type=non_negative_int if no_steps else positive_int, default=d.steps, metavar="N",
+                        help=steps_help or f"optimisation steps per {what} (default {d.steps}"
+                             + (", full quality; 128 gives a fair preview in a quarter of the time)" if d.steps == FULL_STEPS else ")"))
+    parser.add_argument(*size_flags, dest="size", type=int, default=d.size, metavar="PX",
+                        help=f"{what} side in px (default {d.size}; the model sees at least its input size)")
+    parser.add_argument("--seed", type=int, default=d.seed, metavar="S", help=f"random seed (default {d.seed})")
+    parser.add_argument("--param", choices=PARAMS, default=d.param,
+                        help=f"image parameterisation (default {d.param}; maco: Fourier phase only, magnitude of natural photos)")
+    parser.add_argument("--no-decorrelate", dest="decorrelate", action="store_false", default=d.decorrelate,
+                        help="no ImageNet colour decorrelation")
+    parser.add_argument("--transforms", choices=TRANSFORMS, default=d.transforms,
+                        help=f"robustness transforms (default {d.transforms}: the article's)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                        help="the model's number format while optimising (default auto: bfloat16 on CPUs with AMX or AVX512-BF16 "
+                             "where its gradient agrees with float32's, else float32; activations are always reported in float32)")
+
+
+def render_settings(args: argparse.Namespace, **changes: Any) -> "RenderSettings":
+    """The `RenderSettings` the options of `add_render_args` give (``changes`` override them)."""
+    from ..optvis.settings import RenderSettings
+
+    return RenderSettings(**{"steps": args.steps, "size": args.size, "seed": args.seed, "param": args.param,
+                             "decorrelate": args.decorrelate, "transforms": args.transforms, "precision": args.precision,
+                             **changes})

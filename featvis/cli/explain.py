@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from .._util.errors import FeatvisError
-from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
+from ..optvis.settings import EXPLAIN_ICONS  # torch-free
+from .common import add_model_args, add_out_arg, add_render_args, model_from_args, print_json, render_settings, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -25,12 +26,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--position", type=_position, metavar="Y,X", help="dictionary position (default: the strongest)")
     parser.add_argument("--from-layer", default="auto", metavar="L|auto|none",
                         help="earlier layer whose groups are attributed to --layer's (default auto: three blocks back)")
-    parser.add_argument("--steps", type=int, default=512, help="optimisation steps of every icon (default 512; 0: no icons)")
-    parser.add_argument("--size", type=int, default=80, help="icon side in px (default 80)")
     parser.add_argument("--grid-step", type=int, default=1, metavar="N", help="render every N-th grid position per axis, icons N units wide (default 1)")
     parser.add_argument("--batch", type=int, default=None, metavar="N", help="icons per optimisation (default 16)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the NMF and the icons (default 0)")
-    add_precision_arg(parser)
+    add_render_args(parser, EXPLAIN_ICONS, what="icon", no_steps=True,
+                    steps_help=f"optimisation steps of every icon (default {EXPLAIN_ICONS.steps}; 0: no icons)")
     add_out_arg(parser, what="the HTML page (self-contained)", metavar="OUT.html")
     parser.add_argument("--figures", metavar="DIR", help="also write attribution.png, groups.png and grid.png into DIR")
     parser.set_defaults(func=run)
@@ -53,17 +52,15 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.out)
     if output.suffix.lower() not in (".html", ".htm"):
         raise FeatvisError(f"the page must be an .html file, got '{output.name}'; use e.g. -o explain.html")
-    if args.steps < 0:
-        raise FeatvisError(f"--steps must be 0 (no icons) or more, got {args.steps}")
+    settings = render_settings(args, steps=max(args.steps, 1))  # bad values refused before any work
     ensure_writable_dir(output.parent if str(output.parent) else ".")
     figures = ensure_writable_dir(args.figures) if args.figures else None
     photo = load_image(args.image)
     model = model_from_args(args)
     earlier = {"auto": "auto", "none": None}.get(args.from_layer, args.from_layer)
     result = explain(model, photo, args.layer, target=args.target, groups=args.groups, top=args.top, position=args.position,
-                     earlier=earlier, steps=max(args.steps, 1), size=args.size, grid_step=args.grid_step,
-                     icons=args.steps > 0, batch=args.batch, seed=args.seed, precision=args.precision,
-                     progress=show_progress(args))
+                     earlier=earlier, settings=settings, grid_step=args.grid_step,
+                     icons=args.steps > 0, batch=args.batch, progress=show_progress(args))
     title = f"{model.name} on {Path(args.image).name}: why '{result.label}'? ({result.layer})"
     atomic_write_text(output, explanation_page(model, result, title))
     written = [str(output)]

@@ -12,7 +12,7 @@ import os
 
 from .._util.choices import GALLERY_BATCH, GALLERY_PATCHES
 from .._util.errors import FeatvisError
-from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, print_json, show_progress
+from .common import add_model_args, add_out_arg, add_render_args, model_from_args, print_json, render_settings, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -25,13 +25,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--channels", metavar="SEL", help="channels of each layer: A:B (B excluded), N, lists like "
                                                           "0:8,12, or all (default: all)")
     add_out_arg(parser, required=False, what="gallery folder (created; shared by all shards)", metavar="DIR")
-    parser.add_argument("--steps", type=int, default=512, help="optimisation steps per image (default 512)")
-    parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    add_render_args(parser)
     parser.add_argument("--batch", type=int, default=GALLERY_BATCH,
                         help=f"channels optimised together in one batch (default {GALLERY_BATCH})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--param", choices=("fft", "pixel", "maco"), default="fft",
-                        help="image parameterisation (default fft; maco to compare, into its own --out)")
     parser.add_argument("--images", metavar="FOLDER", help="your photos: show each channel's top-activating patches")
     parser.add_argument("--patches", type=int, default=GALLERY_PATCHES,
                         help=f"patches per channel with --images (default {GALLERY_PATCHES})")
@@ -39,7 +35,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--diversity", type=int, default=0, metavar="N", help="also render a diversity set of N images")
     parser.add_argument("--circuits", type=int, nargs="?", const=8, default=0, metavar="K",
                         help="list each channel's K strongest inputs and outputs by expanded weight (default K: 8)")
-    add_precision_arg(parser)
     parser.add_argument("--no-filters", dest="filters", action="store_false", help="leave out the first-layer filters")
     parser.add_argument("--shard", metavar="i/N", help="render shard i of N (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     parser.add_argument("--index-only", metavar="DIR", help="only rebuild DIR's HTML from its manifests (after shards finish)")
@@ -69,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
             print(index)
         return 0
     shard = parse_shard(args.shard) if args.shard else None
+    render_settings(args)  # bad values refused before the model loads
     ensure_writable_dir(args.out)  # fail before loading the model
     args.device = _device(args.device)
     model = model_from_args(args)  # warnings (e.g. a photo skipped) print as one line each: see featvis.cli.main
-    report = make_gallery(model, args.layers, args.out, channels=args.channels, steps=args.steps, size=args.size,
-                          batch=args.batch, seed=args.seed, images=args.images, patches=args.patches,
+    report = make_gallery(model, args.layers, args.out, render_settings(args), channels=args.channels,
+                          batch=args.batch, images=args.images, patches=args.patches,
                           negative=args.negative, diversity=args.diversity, filters=args.filters, shard=shard,
-                          precision=args.precision, progress=show_progress(args), circuits=args.circuits,
-                          param=args.param)
+                          progress=show_progress(args), circuits=args.circuits)
     if args.json:
         print_json(report.to_json())
     else:

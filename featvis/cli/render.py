@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._util.errors import FeatvisError
-from .common import add_model_args, add_out_arg, add_precision_arg, model_from_args, positive_int, print_json, show_progress
+from .common import add_model_args, add_out_arg, add_render_args, model_from_args, positive_int, print_json, render_settings, show_progress
 
 if TYPE_CHECKING:
     import torch
 
 GRID_GAP = 4  # px of white between images in a grid
-FULL_STEPS = 512  # the article's step count: full quality
 
 
 def add_parser(subparsers) -> None:
@@ -28,15 +27,8 @@ def add_parser(subparsers) -> None:
                                                "fc:954 or class:banana (class logit).")
     add_model_args(parser)
     parser.add_argument("specs", nargs="+", metavar="SPEC", help="what to visualise (see above)")
-    parser.add_argument("--steps", type=positive_int, default=FULL_STEPS,
-                        help=f"optimisation steps (default {FULL_STEPS}, full quality; 128 gives a fair preview in a quarter of the time)")
-    parser.add_argument("--size", type=int, default=128, help="image side in px (default 128; the model sees >= its input size)")
+    add_render_args(parser)
     parser.add_argument("--batch", type=positive_int, default=None, metavar="N", help="images per optimisation (default 16)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    parser.add_argument("--param", choices=("fft", "pixel", "maco"), default="fft",
-                        help="image parameterisation (default fft; maco: Fourier phase only, magnitude of natural photos)")
-    parser.add_argument("--no-decorrelate", dest="decorrelate", action="store_false", help="no ImageNet colour decorrelation")
-    parser.add_argument("--transforms", choices=("default", "none"), default="default", help="robustness transforms (default: the article's)")
     parser.add_argument("--init", metavar="IMAGE", help="start from this photo instead of noise")
     parser.add_argument("--thresholds", type=_steps, metavar="64,256,512", help="also save the images at these steps")
     parser.add_argument("--alpha", action="store_true",
@@ -45,7 +37,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--accentuate-layer", metavar="LAYER", help="layer in which to stay close (default: each spec's own)")
     parser.add_argument("--accentuate-distance", type=float, metavar="D",
                         help="largest relative distance ||A(x) - A(photo)|| / ||A(photo)|| in that layer (default 0.5)")
-    add_precision_arg(parser)
     out = parser.add_mutually_exclusive_group(required=True)
     add_out_arg(parser, required=False, what="one PNG (a grid when several specs)", metavar="OUT.png", group=out)
     out.add_argument("--out-dir", metavar="DIR", help="one PNG per spec in DIR")
@@ -137,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
     from ..core.images import load_image, save_image
     from ..optvis import parse_spec, render
     from ..optvis.accentuation import DEFAULT_DISTANCE
+    from ..optvis.settings import FULL_STEPS
 
     _check(args)
+    settings = render_settings(args)  # bad values refused before the model loads
     init = load_image(args.init) if args.init else None
     photo = load_image(args.accentuate) if args.accentuate else None
     paths = _paths(args)
@@ -147,9 +140,8 @@ def run(args: argparse.Namespace) -> int:
     if args.accentuate_layer:
         model.parts(args.accentuate_layer)  # an unknown layer fails now
     began = time.perf_counter()
-    results = render(model, objectives, steps=args.steps, size=args.size, batch=args.batch, seed=args.seed, param=args.param,
-                     decorrelate=args.decorrelate, transforms=args.transforms, init=init, thresholds=args.thresholds,
-                     precision=args.precision, progress=show_progress(args), accentuate=photo,
+    results = render(model, objectives, settings, batch=args.batch, init=init, thresholds=args.thresholds,
+                     progress=show_progress(args), accentuate=photo,
                      accentuate_layer=args.accentuate_layer, accentuate_distance=args.accentuate_distance or DEFAULT_DISTANCE)
     seconds = time.perf_counter() - began
     interrupted = len(results) < len(args.specs) or any(r.interrupted for r in results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._util.choices import LAYERED, METHODS, OVERLAYS
-from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, positive_int, print_json
+from .common import add_model_args, add_out_arg, check_figure_output, model_from_args, positive_int, print_json, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     result = saliency(model, photo, args.method, target=args.target, layer=args.layer, **options)
     x = result.image.unsqueeze(0)
     scores = deletion_insertion(model, x, result.map, result.target)
-    steps = (cascading_randomization(model, x, args.method, target=result.target, layer=result.layer, **options)
-             if args.sanity else [])
+    steps = (cascading_randomization(model, x, args.method, target=result.target, layer=result.layer,
+                                     progress=show_progress(args), **options) if args.sanity else [])
     path = save_figure(report_figure(result, scores, steps, args.overlay), args.out)
     if args.json:
         print_json({

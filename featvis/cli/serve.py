@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 from .._util.errors import FeatvisError
-from .common import add_model_args, add_precision_arg, model_from_args, positive_int
-
-FULL_STEPS = 512
+from .common import add_model_args, add_render_args, model_from_args, positive_int, render_settings
 
 
 def add_parser(subparsers) -> None:
@@ -31,10 +29,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cache", metavar="DIR", help="picture cache (default $FEATVIS_CACHE_DIR/serve); a gallery folder works")
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="decoding worker processes of the dataset-examples pass (default 2; 0: decode in its process)")
-    parser.add_argument("--steps", type=positive_int, default=FULL_STEPS, help=f"optimisation steps per picture (default {FULL_STEPS})")
-    parser.add_argument("--size", type=positive_int, default=128, help="picture side in px (default 128)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    parser.add_argument("--param", choices=("fft", "pixel", "maco"), default="fft", help="image parameterisation (default fft)")
+    add_render_args(parser, what="picture")
     parser.add_argument("--batch", type=positive_int, default=16, metavar="N", help="most images the queue renders in one call (default 16)")
     parser.add_argument("--window-ms", type=float, default=50.0, metavar="MS",
                         help="how long the queue waits for more requests to batch with the first (default 50)")
@@ -46,7 +41,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--explain-steps", type=int, default=0, metavar="N",
                         help="steps of the explanation's icons (default 0: numbers and maps, no icons)")
     parser.add_argument("--explain-groups", type=positive_int, default=4, metavar="K", help="NMF groups of a photo's explanation (default 4)")
-    add_precision_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -115,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import ServeOptions, Server
 
     _check(args)
+    settings = render_settings(args)
     cache = Path(args.cache) if args.cache else cache_dir() / "serve"
     sock = _bind(args.host, args.port)
     model = model_from_args(args)
     aux = model_from_args(args)
     if args.explain_layer:
         model.resolve(args.explain_layer)  # an unknown layer fails now
-    options = ServeOptions(cache=cache, images=args.images, steps=args.steps, size=args.size, seed=args.seed,
-                           precision=args.precision, param=args.param, batch=args.batch, window=args.window_ms / 1000,
+    options = ServeOptions(cache=cache, images=args.images, render=settings, batch=args.batch, window=args.window_ms / 1000,
                            diversity=args.diversity, circuits=args.circuits, k=args.k, workers=args.workers,
                            upload_mb=args.max_upload_mb, explain_layer=args.explain_layer, explain_steps=args.explain_steps,
                            explain_groups=args.explain_groups, model_args=_model_args(args))

@@ -31,7 +31,8 @@ from ..core.images import save_image
 from ..models.labels import label_index
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
-from ..optvis import direction, render
+from ..optvis import RenderSettings, direction, render
+from ..optvis.settings import ATLAS_CELLS
 from .source import Batch, check_loader_args, images_digest, list_images
 from .stream import stream
 
@@ -154,21 +155,26 @@ def activation_atlas(
     grid: int = 20,
     samples: int = 20000,
     target: str | int | None = None,
-    cell: int = 64,
-    steps: int = 256,
+    settings: RenderSettings | None = None,
+    cell: int | None = None,
+    steps: int | None = None,
     batch: int = 32,
     workers: int = 2,
     render_batch: int = 16,
-    seed: int = 0,
-    precision: str = "auto",
+    seed: int | None = None,
+    precision: str | None = None,
     progress: bool = True,
 ) -> Atlas:
     """The activation atlas of ``layer`` over ``images`` (a folder or a list file), saved as PNG at ``out``
-    (with ``<out>.json`` beside it): ``samples`` vectors, a ``grid`` x ``grid`` lattice, each cell rendered at
-    ``cell`` px with ``steps`` steps. ``target``: a class (label or index) for a class atlas."""
+    (with ``<out>.json`` beside it): ``samples`` vectors, a ``grid`` x ``grid`` lattice, each cell rendered with
+    ``settings`` (default `ATLAS_CELLS`; ``cell`` px is its size; ``steps``, ``seed``, ``precision`` override
+    its fields; the seed also draws the sampled positions and the layout). ``target``: a class (label or index)
+    for a class atlas."""
     fmodel = as_model(model)
-    for name, value, least, most in (("grid", grid, 1, 200), ("samples", samples, 2, 10_000_000), ("cell", cell, 8, 512),
-                                     ("steps", steps, 1, 100_000), ("render-batch", render_batch, 1, 1024)):
+    settings = (settings or ATLAS_CELLS).replace(size=cell, steps=steps, seed=seed, precision=precision)
+    seed = settings.seed
+    for name, value, least, most in (("grid", grid, 1, 200), ("samples", samples, 2, 10_000_000), ("cell", settings.size, 8, 512),
+                                     ("steps", settings.steps, 1, 100_000), ("render-batch", render_batch, 1, 1024)):
         if not least <= int(value) <= most:
             raise FeatvisError(f"--{name} must be between {least} and {most}, got {value}")
     check_loader_args(batch, workers)
@@ -210,8 +216,7 @@ def activation_atlas(
     else:
         weights = torch.ones(count)
     cells_yx = bin_cells(layout(vectors.numpy(), seed), grid)
-    atlas = _cells(fmodel, layer, vectors, labels, weights, cells_yx, grid, cell, steps, render_batch, seed, precision,
-                   progress)
+    atlas = _cells(fmodel, layer, vectors, labels, weights, cells_yx, grid, settings, render_batch, progress)
     atlas.summary.update({"layer": layer, "grid": grid, "samples": count, "images": report.read,
                           "skipped": [{"path": p, "error": e} for p, e in report.skipped],
                           "class": fmodel.label(target_index) if target_index is not None else None, "image": str(path)})
@@ -222,8 +227,7 @@ def activation_atlas(
 
 
 def _cells(model: FeatvisModel, layer: str, vectors: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-           cells_yx: np.ndarray, grid: int, cell: int, steps: int, render_batch: int, seed: int, precision: str,
-           progress: bool) -> Atlas:
+           cells_yx: np.ndarray, grid: int, settings: RenderSettings, render_batch: int, progress: bool) -> Atlas:
     """Average each populated cell (weighted), render its direction, composite with opacity by weight."""
     keys = cells_yx[:, 0] * grid + cells_yx[:, 1]
     populated = [int(key) for key in np.unique(keys) if float(weights[torch.from_numpy(keys == key)].sum()) > 0]
@@ -242,16 +246,17 @@ def _cells(model: FeatvisModel, layer: str, vectors: torch.Tensor, labels: torch
                         "top_classes": [{"index": i, "label": model.label(i), "share": round(v / total, 4)}
                                         for i, v in votes.most_common(3)]})
         objectives.append(direction(layer, mean, cossim_pow=1.0))
-    results = render(model, objectives, steps=steps, size=cell, batch=render_batch, seed=seed, natural=False,
-                     precision=precision, progress=progress)
-    if any(r.interrupted for r in results):
+    results = render(model, objectives, settings, batch=render_batch, natural=False, progress=progress)
+    if len(results) != len(objectives) or any(r.interrupted for r in results):
         raise KeyboardInterrupt
+    cell = settings.size
     image = torch.ones(3, grid * cell, grid * cell)
     peak = max(e["weight"] for e in entries)
     for entry, result in zip(entries, results):
         alpha = math.sqrt(entry["weight"] / peak)
         entry["opacity"] = round(alpha, 4)
         entry["activation"] = result.activation
+        entry["precision"] = result.precision
         y, x = entry["cell"]
         tile = image[:, y * cell : (y + 1) * cell, x * cell : (x + 1) * cell]
         tile.mul_(1 - alpha).add_(alpha * result.image.float().cpu())

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from .._util.errors import FeatvisError
+from .._util.progress import progress_bar
 from .._util.fileio import atomic_write_bytes
 from ..core.images import png_bytes
 from .source import box_in_file, loader
@@ -113,9 +114,7 @@ def write_final(out: Path, doc: dict, *, workers: int = 0, progress: bool = Fals
                     entry["crop"] = None
                     entry["kind"] = kind
     paths = sorted(wanted)
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(paths), unit="img", desc="crops", disable=not progress) as bar:
+    with progress_bar(len(paths), "crops", "img", enabled=progress) as bar:
         for batch in loader(paths, range(len(paths)), size, 16, workers):
             for index, image, hw in zip(batch.indices, batch.images, batch.sizes):
                 for layer_slug, channel, rank, entry in wanted[paths[index]]:

@@ -42,6 +42,9 @@ def list_images(source: str | os.PathLike) -> list[str]:
         return paths
     if not root.is_file():
         raise FeatvisError(f"--images {root} not found; give a folder of photos or a text file with one path per line")
+    if root.suffix.lower() in IMAGE_SUFFIXES:
+        raise FeatvisError(f"--images {root} is one image, not a collection; give a folder of photos (put it in one) "
+                           "or a text file with one image path per line")
     try:
         lines = root.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:

@@ -24,6 +24,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from .._util.fileio import atomic_output
+from .._util.progress import progress_bar
 from .source import Batch, loader
 
 
@@ -90,10 +91,7 @@ def stream(paths: Sequence[str], indices: Sequence[int], size: int, forward: Cal
     device = torch.device(device)
     pad = torch.zeros(batch, 3, size, size, device=device)
     start = last_save = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(indices), initial=position, unit="img", desc=desc, disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = progress_bar(len(indices), desc, "img", enabled=progress, initial=position)  # plain lines in a log or pipe
     try:
         done = position
         for item in loader(paths, indices[position:], size, batch, workers, pin=device.type == "cuda"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .._util.errors import FeatvisError
-from ..core.probe import Probe
+from ..core.probe import Probe, spatial_layers
 from ..models.wrapper import FeatvisModel
 
 
@@ -69,8 +69,10 @@ def layer_activations(model: FeatvisModel, x: torch.Tensor, layer: str) -> torch
     with Probe(model, [layer], early_exit=True) as probe, torch.no_grad():
         acts = probe(x)[layer]
     if acts.dim() != 4 or acts.shape[-1] * acts.shape[-2] < 2:
+        spatial = spatial_layers(model, x)
+        hint = f"such as {spatial[-1]}, the last of {model.name}'s" if spatial else "(this model has none)"
         raise FeatvisError(f"layer '{layer}' has no spatial map (output shape {tuple(acts.shape[1:])}); "
-                           "choose a convolutional layer such as mixed4d")
+                           f"choose a layer with a map {hint}; `featvis layers` lists them")
     return acts[0]
 
 

@@ -23,10 +23,12 @@ from typing import Any
 import torch
 
 from .._util.errors import FeatvisError
-from ..core.probe import model_input, spatial_layers
+from .._util.progress import progress_bar
+from ..core.probe import Probe, model_input, spatial_layers
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
-from ..optvis import Objective, channel, direction_neuron, render
+from ..optvis import Objective, RenderSettings, channel, direction_neuron, render
+from ..optvis.settings import EXPLAIN_ICONS
 from ..saliency import resolve_target
 from .attribution import group_flow, layer_activations, logit_gradient
 from .grid import unit_centres
@@ -132,13 +134,14 @@ def explain(
     top: int = 6,
     position: tuple[int, int] | None = None,
     earlier: str | None = "auto",
-    steps: int = 512,
-    size: int = 80,
+    settings: RenderSettings | None = None,
+    steps: int | None = None,
+    size: int | None = None,
     grid_step: int = 1,
     icons: bool = True,
     batch: int | None = None,
-    seed: int = 0,
-    precision: str = "auto",
+    seed: int | None = None,
+    precision: str | None = None,
     progress: bool = True,
 ) -> Explanation:
     """Explain ``model``'s score for ``target`` (label or index; default top-1) on ``image`` [3, H, W] at ``layer``.
@@ -146,33 +149,39 @@ def explain(
     ``groups``: NMF groups (``seed`` fixes them); ``top``: channels in the semantic dictionary at
     ``position`` (row, column of the layer; default the strongest, largest activation norm);
     ``earlier``: layer whose groups are attributed to ``layer``'s ("auto": ``EARLIER_BLOCKS``
-    top-level blocks back, None: skip). Icons: ``steps`` optimisation steps at ``size`` px;
+    top-level blocks back, None: skip). Icons: rendered with ``settings`` (default `EXPLAIN_ICONS`: 80 px;
+    ``steps``, ``size``, ``seed`` and ``precision`` override its fields; the seed also fixes the NMF);
     ``grid_step`` n renders every n-th grid position per axis (from n // 2, icons n units wide);
-    ``icons=False`` skips rendering; ``batch``/``precision`` go to `featvis.optvis.render`.
+    ``icons=False`` skips rendering; ``batch`` goes to `featvis.optvis.render`.
     """
     model = as_model(model)
+    settings = (settings or EXPLAIN_ICONS).replace(steps=steps, size=size, seed=seed, precision=precision)
+    seed = settings.seed
     x = model_input(model, image)
     index, label, prob = resolve_target(model, x, target)
     acts = layer_activations(model, x, layer)
     c, h, w = acts.shape
     _check_counts(layer, acts, groups, top, grid_step)
-    if icons and (steps < 1 or size < 8):
-        raise FeatvisError(f"icons need steps >= 1 and size >= 8 px, got steps={steps}, size={size}")
     where = _position(acts, position, layer)
-    logit, grad = logit_gradient(model, x, layer, acts, index)
-    grad = grad.cpu()  # the numbers are small: from here on everything but the model runs on the CPU
-    mine = _groups(layer, acts, groups, seed)
-    mine.attribution = torch.einsum("chw,kc,khw->k", grad.double(), mine.directions, mine.maps)
-    earlier_layer = _earlier_layer(model, x, layer, earlier)
-    before = flow = None
-    if earlier_layer is not None:
-        earlier_acts = layer_activations(model, x, earlier_layer)
-        c1, h1, w1 = earlier_acts.shape
-        before = _groups(earlier_layer, earlier_acts, min(groups, c1, h1 * w1), seed)
-        flow = group_flow(model, x, earlier_layer, earlier_acts, before.nmf.W, before.nmf.H, layer, mine.directions)
-    acts = acts.cpu()
-    values, chosen = acts[:, where[0], where[1]].topk(min(top, c))
-    centres, stride = unit_centres(model, layer, tuple(x.shape[-2:]))
+    with progress_bar(4, "explain", "stages", enabled=progress) as bar:  # attribution, groups, flow, fields; then icons
+        logit, grad = logit_gradient(model, x, layer, acts, index)
+        grad = grad.cpu()  # the numbers are small: from here on everything but the model runs on the CPU
+        bar.update(1)
+        mine = _groups(model, x, layer, acts, groups, seed)
+        mine.attribution = torch.einsum("chw,kc,khw->k", grad.double(), mine.directions, mine.maps)
+        bar.update(1)
+        earlier_layer = _earlier_layer(model, x, layer, earlier)
+        before = flow = None
+        if earlier_layer is not None:
+            earlier_acts = layer_activations(model, x, earlier_layer)
+            c1, h1, w1 = earlier_acts.shape
+            before = _groups(model, x, earlier_layer, earlier_acts, min(groups, c1, h1 * w1), seed)
+            flow = group_flow(model, x, earlier_layer, earlier_acts, before.nmf.W, before.nmf.H, layer, mine.directions)
+        bar.update(1)
+        acts = acts.cpu()
+        values, chosen = acts[:, where[0], where[1]].topk(min(top, c))
+        centres, stride = unit_centres(model, layer, tuple(x.shape[-2:]))
+        bar.update(1)
     result = Explanation(
         model=model.name, layer=layer, image=x[0].cpu(), target=index, label=label, prob=prob, logit=logit,
         acts=acts, grad=grad, attribution=(grad.double() * acts.double()).sum(0),
@@ -180,8 +189,7 @@ def explain(
         channels=chosen.tolist(), values=values.tolist(), centres=centres, stride=stride, earlier=before, flow=flow,
     )
     if icons:
-        _render_icons(model, result, grid_step, steps=steps, size=size, batch=batch, seed=seed, precision=precision,
-                      progress=progress)
+        _render_icons(model, result, grid_step, settings, batch=batch, progress=progress)
     return result
 
 
@@ -206,15 +214,31 @@ def _position(acts: torch.Tensor, position: tuple[int, int] | None, layer: str) 
     return y, x
 
 
-def _groups(layer: str, acts: torch.Tensor, k: int, seed: int) -> Groups:
+def _groups(model: FeatvisModel, x: torch.Tensor, layer: str, acts: torch.Tensor, k: int, seed: int) -> Groups:
     """NMF of the activations as positions x channels; maps [k, h, w], directions [k, C]."""
     c, h, w = acts.shape
     if bool((acts < 0).any()):
-        raise FeatvisError(f"'{layer}' has negative activations, which NMF cannot factor; use a layer after its ReLU "
-                           "(e.g. mixed4d, not mixed4d_pre_relu)")
+        after = _non_negative_after(model, x, layer)
+        hint = f"e.g. {after}, the first after it in {model.name} with none" if after else "a layer after an activation such as ReLU"
+        raise FeatvisError(f"'{layer}' has negative activations, which NMF cannot factor; use a layer whose activations "
+                           f"are never negative ({hint})")
     result = nmf(acts.reshape(c, h * w).T, k, seed=seed)
     norms = result.H.norm(dim=1).clamp_min(1e-12)
     return Groups(layer, (result.W * norms).T.reshape(k, h, w), result.H / norms[:, None], result)
+
+
+def _non_negative_after(model: FeatvisModel, x: torch.Tensor, layer: str) -> str | None:
+    """The first layer with a spatial map after ``layer`` whose activations on ``x`` are all >= 0 (after a ReLU)."""
+    order = spatial_layers(model, x)
+    last = model.parts(layer)[-1]
+    later = order[order.index(last) + 1:] if last in order else []
+    if not later:
+        return None
+    with Probe(model, later) as probe, torch.no_grad():
+        acts = probe(x)
+    found = next((path for path in later if bool((acts[path] >= 0).all())), None)
+    aliases = [a for a in model.aliases_of(found)] if found else []
+    return aliases[0] if aliases else found
 
 
 def _earlier_layer(model: FeatvisModel, x: torch.Tensor, layer: str, earlier: str | None) -> str | None:
@@ -238,7 +262,7 @@ def _earlier_layer(model: FeatvisModel, x: torch.Tensor, layer: str, earlier: st
     return aliases[0] if aliases else path
 
 
-def _render_icons(model: FeatvisModel, result: Explanation, grid_step: int, **options: Any) -> None:
+def _render_icons(model: FeatvisModel, result: Explanation, grid_step: int, settings: RenderSettings, **options: Any) -> None:
     """All icons in one `render` call: dictionary channels, this layer's groups, the earlier layer's, the grid."""
     layer = result.layer
     objectives = [channel(layer, n) for n in result.channels]
@@ -252,12 +276,15 @@ def _render_icons(model: FeatvisModel, result: Explanation, grid_step: int, **op
                  if float(result.acts[:, y, x].norm()) > 0]
     objectives += [_named(direction_neuron(layer, result.acts[:, y, x], cossim_pow=COSSIM_POW), f"{layer}@{y},{x}")
                    for y, x in positions]
-    images = [r.image for r in render(model, objectives, natural=False, **options)]
+    results = render(model, objectives, settings, natural=False, **options)
+    if len(results) != len(objectives) or any(r.interrupted for r in results):
+        raise KeyboardInterrupt  # Ctrl-C while rendering: no half-made explanation
+    images = [r.image for r in results]
     k = len(result.channels)
     result.channel_icons, images = images[:k], images[k:]
     for g in sets:
         g.icons, images = images[: len(g.directions)], images[len(g.directions):]
-    result.grid_icons, result.grid_step, result.steps = dict(zip(positions, images)), grid_step, options["steps"]
+    result.grid_icons, result.grid_step, result.steps = dict(zip(positions, images)), grid_step, min(r.steps for r in results)
 
 
 def _named(objective: Objective, name: str) -> Objective:

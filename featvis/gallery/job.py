@@ -31,9 +31,8 @@ from ..examples import ExamplesResult, photo_examples
 from ..inspect.filters import filter_images
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
-from ..optvis import Objective, RenderResult, channel, compute_dtype, diversity, render
+from ..optvis import Objective, RenderResult, RenderSettings, channel, diversity, picture_key, render
 from ..optvis.objectives import INPUT
-from ..optvis.param_factory import PARAMS
 from ..optvis.transforms import resize
 from . import manifest as mf
 from .circuits import CircuitPlanner
@@ -43,6 +42,16 @@ from .site import build_site
 DEFAULT_BATCH = GALLERY_BATCH  # channels per unit of work: one render call, one manifest update
 DEFAULT_PATCHES = GALLERY_PATCHES
 DIVERSITY_WEIGHT = 100.0  # Lucid's weight for its diversity example: channel + 1e2 * diversity
+
+
+def unit_objective(layer: str, c: int, kind: str, images: int = 0) -> Objective:
+    """A channel's objective for a kind of picture: ``positive``, ``negative``, or ``diversity`` of
+    ``images`` pictures (Lucid's channel + 1e2 * diversity); the gallery's and serve's."""
+    if kind == "positive":
+        return channel(layer, c)
+    if kind == "negative":
+        return -channel(layer, c)
+    return channel(layer, c) + DIVERSITY_WEIGHT * diversity(layer, images)
 
 
 def first_rgb_conv(model: FeatvisModel) -> str | None:
@@ -78,15 +87,18 @@ def stderr_lines(enabled: bool) -> Callable[[str], None]:
 class GalleryJob:
     """One process's share of a gallery (see module docstring)."""
 
-    def __init__(self, model: FeatvisModel, root: Path, units: list[Unit], shard: tuple[int, int], settings: dict,
+    def __init__(self, model: FeatvisModel, root: Path, units: list[Unit], shard: tuple[int, int], pictures: RenderSettings,
                  batch: int, examples: ExamplesResult | None, patches: int, negative: bool, diversity: int,
                  filters: bool, progress: bool, circuits: CircuitPlanner | None = None):
         self.model, self.root, self.units, self.shard = model, root, units, shard
-        self.settings, self.batch, self.examples, self.patches = settings, batch, examples, patches
+        self.pictures = pictures
+        # what an image depends on (featvis.optvis.picture_key); not the batch: each image has its own random draws
+        self.settings = picture_key(pictures, model, model_fingerprint(model))
+        self.batch, self.examples, self.patches = batch, examples, patches
         self.negative, self.diversity, self.filters, self.progress = negative, diversity, filters, progress
         self.circuits = circuits
         self.log = stderr_lines(progress)
-        self.meta = {"name": model.name, "fingerprint": settings["model"]}
+        self.meta = {"name": model.name, "fingerprint": self.settings["model"]}
         manifests = mf.read_manifests(root)
         mf.check_same_model(manifests, self.meta, root)
         self.done = mf.merged_records(root, manifests)
@@ -104,7 +116,7 @@ class GalleryJob:
 
     def save(self, layer: Layer, stem: str, settings: dict, image: torch.Tensor) -> tuple[str, str]:
         """Write a PNG named for its item and settings digest; returns (path in the gallery, SHA-256)."""
-        rel = f"layers/{layer.slug}/img/{stem}-{mf.settings_digest(settings)[:10]}.png"
+        rel = mf.picture_rel(layer.path, stem, settings)
         path = save_image(image.detach().cpu(), self.root / rel)
         return rel, mf.sha256_file(path)
 
@@ -147,11 +159,9 @@ class GalleryJob:
     def render(self, objectives: list[Objective], images: int) -> list[RenderResult]:
         """Render through the engine; a run cut short (Ctrl-C) is never recorded as finished. A unit that
         never fires keeps its (flat) picture, as the page of a whole model should, and the log says so."""
-        results = render(self.model, objectives, steps=self.settings["steps"], size=self.settings["size"], strict=False,
-                         batch=self.batch, seed=self.settings["seed"], precision=self.settings["precision"],
-                         param=self.settings.get("param", "fft"),
+        results = render(self.model, objectives, self.pictures, strict=False, batch=self.batch,
                          progress=self.progress and sys.stderr.isatty())
-        if len(results) != images or any(r.interrupted or r.steps != self.settings["steps"] for r in results):
+        if len(results) != images or any(r.interrupted or r.steps != self.pictures.steps for r in results):
             raise KeyboardInterrupt
         for result in results:
             if result.unmoved:
@@ -172,19 +182,17 @@ class GalleryJob:
                      for i, image in enumerate(filter_images(self.model, path, normalize="filter")))
         return [self.record(layer, None, "filters", settings, files, {"images": list(files)})]
 
-    def render_settings(self, layer: Layer, channel: int, kind: str, objective: Objective, **extra) -> dict:
+    def item_settings(self, layer: Layer, channel: int, kind: str, objective: Objective, **extra) -> dict:
         """Everything an image depends on; the objective's name seeds its random start."""
-        return mf.canonical({**self.settings, "layer": layer.path, "channel": channel, "kind": kind,
-                             "spec": objective.name, **extra})
+        return mf.item_key(self.settings, layer.path, channel, kind, spec=objective.name, **extra)
 
     def make_renders(self, unit: Unit) -> list[Record]:
         """Feature visualizations (and negatives) of the unit's unfinished channels, in one render call."""
         todo = []
         for kind in ("positive", "negative") if self.negative else ("positive",):
             for c in unit.channels:
-                objective = channel(unit.layer.name, c)
-                objective = -objective if kind == "negative" else objective
-                settings = self.render_settings(unit.layer, c, kind, objective)
+                objective = unit_objective(unit.layer.name, c, kind)
+                settings = self.item_settings(unit.layer, c, kind, objective)
                 if self.todo(unit.layer, c, kind, settings):
                     todo.append((c, kind, objective, settings))
         if not todo:
@@ -195,7 +203,8 @@ class GalleryJob:
             rel, digest = self.save(unit.layer, f"{c}-{kind}", settings, result.image)
             records.append(self.record(unit.layer, c, kind, settings, {rel: digest}, {
                 "spec": result.spec, "activation": result.activation, "natural_max": result.natural_max,
-                "ratio": result.ratio, "plausibility": result.plausibility, "image": rel, "batch": self.batch}))
+                "ratio": result.ratio, "plausibility": result.plausibility, "image": rel, "batch": self.batch,
+                "precision": result.precision}))
         return records
 
     def make_diversity(self, unit: Unit) -> list[Record]:
@@ -204,8 +213,8 @@ class GalleryJob:
             return []
         todo = []
         for c in unit.channels:
-            objective = channel(unit.layer.name, c) + DIVERSITY_WEIGHT * diversity(unit.layer.name, self.diversity)
-            settings = self.render_settings(unit.layer, c, "diversity", objective, images=self.diversity)
+            objective = unit_objective(unit.layer.name, c, "diversity", self.diversity)
+            settings = self.item_settings(unit.layer, c, "diversity", objective, images=self.diversity)
             if self.todo(unit.layer, c, "diversity", settings):
                 todo.append((c, objective, settings))
         if not todo:
@@ -218,7 +227,8 @@ class GalleryJob:
             files = dict(self.save(unit.layer, f"{c}-diversity{k}", settings, image) for k, image in enumerate(images))
             records.append(self.record(unit.layer, c, "diversity", settings, files, {
                 "spec": objective.name, "images": list(files),
-                "activations": channel_values(self.model, unit.layer.name, c, images, self.settings["size"])}))
+                "activations": channel_values(self.model, unit.layer.name, c, images, self.pictures.size),
+                "precision": mine[0].precision}))
         return records
 
     def make_patches(self, unit: Unit) -> list[Record]:
@@ -231,8 +241,8 @@ class GalleryJob:
         digest = examples["photos_digest"]
         records = []
         for c in unit.channels:
-            settings = mf.canonical({"model": self.settings["model"], "layer": unit.layer.path, "channel": c,
-                                     "kind": "patches", "photos": digest, "patches": self.patches})
+            settings = mf.item_key({"model": self.settings["model"]}, unit.layer.path, c, "patches", photos=digest,
+                                   patches=self.patches)
             if not self.todo(unit.layer, c, "patches", settings):
                 continue
             files, entries = {}, []
@@ -254,8 +264,8 @@ class GalleryJob:
             return []
         records = []
         for c in unit.channels:
-            settings = mf.canonical({"model": self.settings["model"], "layer": unit.layer.path, "channel": c,
-                                     "kind": "circuits", **self.circuits.settings(unit.layer)})
+            settings = mf.item_key({"model": self.settings["model"]}, unit.layer.path, c, "circuits",
+                                   **self.circuits.settings(unit.layer))
             if self.todo(unit.layer, c, "circuits", settings):
                 records.append(self.record(unit.layer, c, "circuits", settings, {}, self.circuits.connections(unit.layer, c)))
         return records
@@ -275,44 +285,44 @@ def make_gallery(
     model: nn.Module,
     layers: str | Sequence[str],
     out: str | os.PathLike,
+    settings: RenderSettings | None = None,
     *,
     channels: str | None = None,
-    steps: int = 512,
-    size: int = 128,
+    steps: int | None = None,
+    size: int | None = None,
     batch: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     images: str | os.PathLike | None = None,
     patches: int = DEFAULT_PATCHES,
     negative: bool = False,
     diversity: int = 0,
     filters: bool = True,
     shard: tuple[int, int] | None = None,
-    precision: str = "auto",
+    precision: str | None = None,
     progress: bool = True,
     circuits: int = 0,
-    param: str = "fft",
+    param: str | None = None,
 ) -> GalleryReport:
     """Render a gallery of ``layers`` (channels ``channels``, e.g. ``"0:16"``; all by default) into ``out``.
 
+    ``settings``: the pictures' `RenderSettings`, as for `render` (``steps``, ``size``, ``seed``,
+    ``precision`` and ``param`` override its fields; ``param="maco"`` to compare with the default
+    ``"fft"``: give each its own ``out``). A picture's record says the precision it was made in; its
+    key, the precision "auto" asks for here (`featvis.optvis.picture_key`).
     Resumable: finished items (same settings, intact files) are skipped. ``shard=(i, N)`` (or
     torchrun's RANK/WORLD_SIZE) makes this process render every N-th unit; all shards may share
     ``out``. ``images`` is a folder of photos for each channel's top ``patches`` patches;
     ``negative`` adds negative visualizations, ``diversity`` (>= 2) a diversity set per channel,
-    ``filters`` the first convolution's kernels; ``precision`` as for `render` (the resolved number
-    format is part of each image's settings). ``circuits=k`` lists on each channel page its ``k``
-    strongest inputs and outputs by expanded weight (featvis.gallery.circuits). ``param``: the image
-    parameterisation, as for `render` (``"maco"`` to compare with the default ``"fft"``: give each its
-    own ``out``).
+    ``filters`` the first convolution's kernels. ``circuits=k`` lists on each channel page its ``k``
+    strongest inputs and outputs by expanded weight (featvis.gallery.circuits).
     """
     root = ensure_writable_dir(out)
     fmodel = as_model(model)
-    for name, value, least in (("steps", steps, 1), ("size", size, 1), ("patches", patches, 1)):
-        if int(value) < least:
-            raise FeatvisError(f"--{name} must be at least {least}, got {value}")
+    settings = (settings or RenderSettings()).replace(steps=steps, size=size, seed=seed, precision=precision, param=param)
+    if int(patches) < 1:
+        raise FeatvisError(f"--patches must be at least 1, got {patches}")
     if circuits < 0 or circuits > 64:
         raise FeatvisError(f"--circuits takes 1 to 64 connections per side, got {circuits}")
-    if param not in PARAMS:
-        raise FeatvisError(f"unknown parameterisation '{param}'; use one of {', '.join(PARAMS)}")
     if diversity == 1 or diversity < 0:
         raise FeatvisError(f"--diversity needs at least 2 images (or 0 for none), got {diversity}")
     chosen = resolve_layers(fmodel, parse_layers(layers))
@@ -327,10 +337,6 @@ def make_gallery(
             mine.setdefault(unit.layer.name, []).extend(unit.channels)
         examples = photo_examples(fmodel, images, root / "examples" / f"{index}-of-{count}", mine, int(patches),
                                   progress) if mine else None
-    # what an image depends on; not the batch: the engine gives each image its own random draws
-    settings = {"model": model_fingerprint(fmodel), "steps": int(steps), "size": int(size), "seed": int(seed),
-                "precision": str(compute_dtype(precision, fmodel)).removeprefix("torch.")}
-    settings |= {"param": param} if param != "fft" else {}  # galleries made before --param keep their settings
     planner = CircuitPlanner(fmodel, chosen, int(circuits), stderr_lines(progress)) if circuits else None
     job = GalleryJob(fmodel, root, units, (index, count), settings, batch, examples, int(patches), negative,
                      int(diversity), filters, progress, planner)

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
+from ..core.plan import slug
 
 FORMAT = "featvis-gallery-manifest"
 VERSION = 1
@@ -40,6 +41,19 @@ def sha256_file(path: str | os.PathLike) -> str:
 def canonical(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists), so settings compare equal after a round trip."""
     return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def item_key(base: dict, layer_path: str, channel: int | None, kind: str, **extra: Any) -> dict:
+    """The settings an item of a gallery (or of serve's cache, which shares its layout) is recorded
+    under: ``base`` (`featvis.optvis.picture_key`, or the model fingerprint alone for analyses) plus the
+    item's layer, channel and kind and what else it depends on (``spec``, ``images``, ...)."""
+    return canonical({**base, "layer": layer_path, "channel": channel, "kind": kind, **extra})
+
+
+def picture_rel(layer_path: str, stem: str, settings: dict) -> str:
+    """A picture's path inside a gallery folder: named for its item and settings digest, so a re-render
+    with other settings never overwrites a file the current site shows (serve's cache uses the same names)."""
+    return f"layers/{slug(layer_path)}/img/{stem}-{settings_digest(settings)[:10]}.png"
 
 
 def settings_digest(settings: dict) -> str:

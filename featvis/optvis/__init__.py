@@ -1,6 +1,8 @@
 """Feature visualisation by activation maximisation (Olah, Mordvintsev & Schubert, Distill 2017).
 
-- `render(model, specs, ...)` -> list of `RenderResult` (image, activation, natural_max, ratio);
+- `render(model, specs, settings=RenderSettings(...), ...)` -> list of `RenderResult` (image, activation,
+  natural_max, ratio); `RenderSettings` (`featvis.optvis.settings`) holds what a picture depends on, once for
+  every door (render, gallery, serve, explain, atlas, circuit);
   ``precision="auto"`` optimises in bfloat16 on CPUs with AMX or AVX512-BF16 (`compute_dtype`), else float32
 - `parse_spec(model, "mixed4a:97")` -> `Objective` (grammar in `featvis.optvis.spec`)
 - objectives: `channel`, `neuron`, `deepdream`, `direction`, `direction_neuron`, `class_logit`,
@@ -12,40 +14,55 @@
   accentuation), `plausibility` (deep features vs natural photos') on every result
 - building blocks: `Transforms` (robustness), `make_param` (fft / pixel / maco, colour decorrelation),
   `redirected_relus` (the gradient that gives dead channels a picture)
+
+Names are imported from their modules on first use (``_EXPORTS``), so the command line can read
+`featvis.optvis.settings` without importing torch.
 """
 
-from .maco import MacoImage, natural_spectrum
-from .natural import natural_max, photo_crops
-from .objectives import (
-    Objective,
-    alignment,
-    blur,
-    caricature,
-    channel,
-    class_logit,
-    deepdream,
-    direction,
-    direction_neuron,
-    diversity,
-    interpolate,
-    l1,
-    l2,
-    neuron,
-    total_variation,
-)
-from .param import FourierImage, PixelImage
-from .param_factory import make_param
-from .plausibility import plausibility
-from .precision import PRECISIONS, compute_dtype
-from .redirected_relu import REDIRECT_STEPS, RedirectedReLU, redirected_relus
-from .rendering import RenderResult, render
-from .spec import layer_shapes, parse_spec
-from .transforms import Transforms
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it (a module's own name: the module itself).
+_EXPORTS: dict[str, str] = {
+    "MacoImage": "maco", "natural_spectrum": "maco",
+    "natural_max": "natural", "photo_crops": "natural",
+    "objectives": "objectives",
+    **{name: "objectives" for name in (
+        "Objective", "alignment", "blur", "caricature", "channel", "class_logit", "deepdream", "direction",
+        "direction_neuron", "diversity", "interpolate", "l1", "l2", "neuron", "total_variation")},
+    "FourierImage": "param", "PixelImage": "param",
+    "make_param": "param_factory",
+    "plausibility": "plausibility",
+    "PRECISIONS": "precision", "compute_dtype": "precision",
+    "REDIRECT_STEPS": "redirected_relu", "RedirectedReLU": "redirected_relu", "redirected_relus": "redirected_relu",
+    "RenderResult": "rendering", "render": "rendering",
+    "RenderSettings": "settings", "picture_key": "settings",
+    "layer_shapes": "spec", "parse_spec": "spec",
+    "Transforms": "transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name (PEP 562)."""
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'featvis.optvis' has no attribute '{name}'")
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if name == module_name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
-    "Objective", "PRECISIONS", "RenderResult", "Transforms", "FourierImage", "PixelImage", "RedirectedReLU", "REDIRECT_STEPS",
-    "alignment", "blur", "caricature", "channel", "class_logit", "compute_dtype", "deepdream", "direction", "direction_neuron",
-    "diversity", "interpolate", "l1", "l2", "layer_shapes", "make_param", "natural_max", "neuron", "parse_spec",
-    "photo_crops", "redirected_relus", "render", "total_variation",
+    "Objective", "PRECISIONS", "RenderResult", "RenderSettings", "Transforms", "FourierImage", "PixelImage", "RedirectedReLU",
+    "REDIRECT_STEPS", "alignment", "blur", "caricature", "channel", "class_logit", "compute_dtype", "deepdream", "direction",
+    "direction_neuron", "diversity", "interpolate", "l1", "l2", "layer_shapes", "make_param", "natural_max", "neuron",
+    "parse_spec", "photo_crops", "picture_key", "redirected_relus", "render", "total_variation",
     "MacoImage", "natural_spectrum", "plausibility",
 ]

@@ -13,9 +13,9 @@ import torch
 from .._util.errors import FeatvisError
 from .maco import MacoImage
 from .param import FourierImage, ImageParam, PixelImage
+from .settings import PARAMS
 
-CLASSES: dict[str, type[ImageParam]] = {"fft": FourierImage, "pixel": PixelImage, "maco": MacoImage}
-PARAMS = tuple(CLASSES)
+CLASSES: dict[str, type[ImageParam]] = dict(zip(PARAMS, (FourierImage, PixelImage, MacoImage), strict=True))
 
 
 def make_param(kind: str, generators: Sequence[torch.Generator], size: int, *, decorrelate: bool = True,

@@ -22,6 +22,7 @@ from torch import nn
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from .fast_layers import fast_layers
+from .precision import memory_format
 from .natural import CHUNK, photo_crops, read_stored, store
 
 K = 5
@@ -39,7 +40,7 @@ def deep_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     model = as_model(model)
     size = model.input_size
     x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=memory_format(model))
     linears = [m for m in model.net.modules() if isinstance(m, nn.Linear)]
     captured: list[torch.Tensor] = []
     handle = linears[-1].register_forward_pre_hook(lambda m, args: captured.append(args[0].flatten(1))) if linears else None

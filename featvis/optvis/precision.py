@@ -7,11 +7,16 @@ checks bfloat16 against float32 on its first batch (`faithful_dtype`): the gradi
 objectives with respect to the start images, computed both ways, must point the same way
 (cosine >= `AGREEMENT` for every image), else the whole render, and later ones of the same
 model and layers, run in float32. The precision used is reported on every `RenderResult`.
+
+``FEATVIS_CPU_BF16=1`` (or ``0``) overrides the CPU's answer to "are bfloat16 products fast here"
+(`cpu_bfloat16`), so that either branch of "auto" can be taken, and tested, on any machine; it
+changes what "auto" asks for, never which kernels exist.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
 from typing import Callable, Iterator
 
@@ -30,6 +35,22 @@ from .fast_layers import fast_layers
 #: expand3x3:5 0.40 -> 0.67; EfficientNet-Lite2 _blocks.15._swish:4 0.16 -> 1.16 (another picture). Below 0.8
 #: a picture may be a quarter worse, so those render in float32; the cosine is a coarse guard, not a predictor.
 AGREEMENT = 0.8
+
+#: Environment setting that forces `cpu_bfloat16`'s answer: "1" (as on AMX / AVX512-BF16) or "0" (as on AVX2).
+CPU_BF16_ENV = "FEATVIS_CPU_BF16"
+_CPU_CHECKS = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+
+
+def cpu_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 several times faster than float32 (AMX tiles or
+    AVX512-BF16), or what ``$FEATVIS_CPU_BF16`` says ("1" or "0") where it is set."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise FeatvisError(f"{CPU_BF16_ENV}={forced!r} is not understood; set it to 1 (use bfloat16 where it is "
+                           "faithful, as on CPUs with AMX or AVX512-BF16) or 0 (float32), or unset it to ask the CPU")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in _CPU_CHECKS)
 
 _CHECKED: "weakref.WeakKeyDictionary[FeatvisModel, dict[frozenset[str], torch.dtype]]" = weakref.WeakKeyDictionary()
 
@@ -56,13 +77,11 @@ def compute_dtype(precision: str, model: FeatvisModel) -> torch.dtype:
     """The model's number format while optimising. "auto" is bfloat16 on a CPU with AMX tiles or
     AVX512-BF16 instructions, whose bfloat16 matrix products are several times faster than float32's
     (4.9x on a Xeon with AMX; 4.2x on a 2-core AMD EPYC with AVX512-BF16, where a render is 1.45x
-    faster with activations within 3%), and float32 everywhere else or where the model has an
+    faster with activations within 3%; `cpu_bfloat16`), and float32 everywhere else or where the model has an
     operation without a bfloat16 kernel (tried once per model); "bfloat16" on such a model is an error."""
     if precision not in PRECISIONS:
         raise FeatvisError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
-    device = model.mean.device
-    fast = device.type == "cpu" and any(getattr(torch.cpu, check, lambda: False)()
-                                        for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    fast = model.mean.device.type == "cpu" and cpu_bfloat16()
     if precision == "float32" or (precision == "auto" and not fast):
         return torch.float32
     problem = _bfloat16_problem(model)
@@ -71,6 +90,25 @@ def compute_dtype(precision: str, model: FeatvisModel) -> torch.dtype:
     if precision == "auto":
         return torch.float32
     raise FeatvisError(f"{model.name} cannot run in bfloat16 here ({problem}); use precision float32 (--precision float32)")
+
+
+_FORMATS: "weakref.WeakKeyDictionary[FeatvisModel, torch.memory_format]" = weakref.WeakKeyDictionary()
+
+
+def memory_format(model: FeatvisModel) -> torch.memory_format:
+    """The activations' layout while optimising: channels-last (oneDNN's fast path) where the model's
+    own code accepts it, else the plain contiguous layout. A model that flattens with ``x.view(N, -1)``
+    (every MNIST tutorial) fails on channels-last activations, and a speed trick must never change what
+    the user's code sees: such a model takes the plain path. Tried once per model, by one forward pass."""
+    if model not in _FORMATS:
+        x = torch.rand(1, 3, model.input_size, model.input_size, device=model.mean.device)
+        try:
+            with frozen(model, torch.float32, torch.channels_last), torch.no_grad():
+                model(x.contiguous(memory_format=torch.channels_last))
+            _FORMATS[model] = torch.channels_last
+        except Exception:  # noqa: BLE001 (the user's code may raise anything; the plain path shows it if it fails there too)
+            _FORMATS[model] = torch.contiguous_format
+    return _FORMATS[model]
 
 
 _BFLOAT16_PROBLEMS: "weakref.WeakKeyDictionary[FeatvisModel, str | None]" = weakref.WeakKeyDictionary()
@@ -83,7 +121,7 @@ def _bfloat16_problem(model: FeatvisModel) -> str | None:
         x = torch.rand(1, 3, model.input_size, model.input_size, device=model.mean.device, requires_grad=True)
         try:
             with frozen(model, torch.bfloat16), fast_layers(model):
-                out = model(x.to(torch.bfloat16, memory_format=torch.channels_last))
+                out = model(x.to(torch.bfloat16, memory_format=memory_format(model)))
                 if isinstance(out, torch.Tensor):
                     out.float().sum().backward()
             _BFLOAT16_PROBLEMS[model] = None
@@ -93,16 +131,18 @@ def _bfloat16_problem(model: FeatvisModel) -> str | None:
 
 
 @contextlib.contextmanager
-def frozen(model: FeatvisModel, dtype: torch.dtype = torch.float32) -> Iterator[None]:
-    """Eval mode, no parameter gradients, floating parameters and buffers in ``dtype`` and
-    channels-last conv weights (what oneDNN wants for channels-last inputs, instead of
-    reordering the weights at every call) for the duration; the previous state is restored exactly."""
+def frozen(model: FeatvisModel, dtype: torch.dtype = torch.float32, layout: torch.memory_format | None = None) -> Iterator[None]:
+    """Eval mode, no parameter gradients, floating parameters and buffers in ``dtype`` and conv
+    weights in ``layout`` (default `memory_format`: channels-last where the model accepts it, what
+    oneDNN wants for channels-last inputs, instead of reordering the weights at every call) for the
+    duration; the previous state is restored exactly."""
+    layout = layout or memory_format(model)
     saved = [(p, p.requires_grad, p.data) for p in model.parameters()]
     buffers = [(b, b.data) for b in model.buffers() if b.is_floating_point()]
     try:
         for p, _, data in saved:
             p.requires_grad_(False)
-            p.data = data.to(dtype, memory_format=torch.channels_last if data.dim() == 4 else torch.preserve_format)
+            p.data = data.to(dtype, memory_format=layout if data.dim() == 4 else torch.preserve_format)
         for b, data in buffers:
             b.data = data.to(dtype)
         with eval_mode(model):

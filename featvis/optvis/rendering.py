@@ -27,10 +27,11 @@ a plausibility score per image (`plausibility`) beside the ratio to natural phot
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +56,10 @@ from .natural import natural_max
 from .objectives import INPUT, Acts, Objective
 from .param_factory import make_param
 from .plausibility import plausibility
-from .precision import compute_dtype, faithful_dtype, frozen
+from .precision import compute_dtype, faithful_dtype, frozen, memory_format
 from .pruning import assemble, probed_layers, prune
 from .redirected_relu import REDIRECT_STEPS, redirected_relus
+from .settings import RenderSettings
 from .spec import layer_shapes, parse_spec
 
 DEFAULT_BATCH = RENDER_BATCH
@@ -95,89 +97,120 @@ class RenderResult:
     __repr__ = short_repr  # shapes, not pixel values
 
 
+#: ``transforms`` left out of a `render` call: the settings' value (None itself still means no transforms).
+_FROM_SETTINGS: Any = object()
+
+
+@dataclass
+class _Plan:
+    """One render's resolved settings, shared by its optimisations (chunks)."""
+
+    settings: RenderSettings
+    scale: int
+    transform: tf.Transforms | None
+    init: torch.Tensor | None
+    keep: list[int]
+    dtype: torch.dtype
+    verify_bfloat16: bool
+    accentuation: Accentuation | None
+    penalties: dict[int, Objective]
+
+
 @analysis
 def render(
     model: nn.Module,
     specs: str | Objective | Sequence[str | Objective],
+    settings: RenderSettings | None = None,
     *,
-    steps: int = 512,
-    size: int = 128,
+    steps: int | None = None,
+    size: int | None = None,
+    seed: int | None = None,
+    param: str | None = None,
+    decorrelate: bool | None = None,
+    transforms: "str | tf.Transforms | None" = _FROM_SETTINGS,
+    valid: str | None = None,
+    precision: str | None = None,
     batch: int | None = None,
-    seed: int = 0,
-    param: str = "fft",
-    decorrelate: bool = True,
-    transforms: "str | tf.Transforms | None" = "default",
     init: "torch.Tensor | str | os.PathLike | None" = None,
     thresholds: Sequence[int] | None = None,
     progress: bool = True,
     natural: bool = True,
-    valid: str = "sigmoid",
-    precision: str = "auto",
     accentuate: "torch.Tensor | str | os.PathLike | None" = None,
     accentuate_layer: str | None = None,
     accentuate_distance: float = DEFAULT_DISTANCE,
     strict: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[RenderResult]:
     """Render every spec (a string, see `parse_spec`, or an Objective); one result per image.
 
-    ``size``: side of the optimised image; the model sees it resized to max(size, input size).
+    ``settings``: a `RenderSettings` (steps, size, seed, param, decorrelate, transforms, valid,
+    precision; its defaults where not given); a keyword of the same name overrides its field, so
+    ``render(model, "mixed4a:97", steps=64)`` works as before. ``size``: side of the optimised image;
+    the model sees it resized to max(size, input size). ``param``: "fft", "pixel" or "maco" (phase
+    only, with a transparency map); ``decorrelate``: ImageNet colour decorrelation; ``valid``:
+    "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" (or None) or a
+    `Transforms`. ``precision``: the model's number format while optimising, "float32", "bfloat16"
+    or "auto" (see `featvis.optvis.precision`); images, objectives and the reported activations are
+    float32 always, and each result says the format used.
     ``batch``: images per optimisation (default 16; a multi-image objective is never split).
-    ``param``: "fft", "pixel" or "maco" (phase only, with a transparency map); ``decorrelate``:
-    ImageNet colour decorrelation; ``valid``: "sigmoid" or "clip" into [0, 1]. ``transforms``: "default" (the article's), "none" or a
-    `Transforms`. ``init``: a photo (tensor or path) to start from instead of noise.
+    ``init``: a photo (tensor or path) to start from instead of noise.
     ``thresholds``: steps at which to keep images (0: the start; the last step always).
     ``accentuate``: a photo to accentuate (feature accentuation): start from it and stay within
     relative distance ``accentuate_distance`` of it in ``accentuate_layer`` (default: each
     objective's own layer) while raising the objective.
     ``natural``: also compute natural_max, ratio and plausibility. ``interrupted`` results come from Ctrl-C.
-    ``precision``: the model's number format while optimising, "float32", "bfloat16" or "auto"
-    (see `featvis.optvis.precision`); images, objectives and the reported activations are float32 always.
+    ``on_step(done, total)``: called after every optimisation step (``total``: steps of all optimisations).
     An image whose objective never moved from its start (no gradient ever reached it) is an error
     naming its layer, not a flat picture; ``strict=False`` hands it back with ``unmoved`` saying so
     instead (galleries and the server keep going past a unit that never fires).
     """
     model = as_model(model)
+    settings = (settings or RenderSettings()).replace(
+        steps=steps, size=size, seed=seed, param=param, decorrelate=decorrelate, valid=valid, precision=precision)
+    if transforms is not _FROM_SETTINGS:
+        settings = dataclasses.replace(settings, transforms="none" if transforms is None else transforms)
     items = [specs] if isinstance(specs, (str, Objective)) else list(specs)
     objectives = [parse_spec(model, s) if isinstance(s, str) else s for s in items]
     names = [s if isinstance(s, str) else s.name for s in items]
     if not objectives:
         raise FeatvisError("no specs given; name at least one, e.g. mixed4a:97")
-    if steps < 1 or size < 8 or (batch is not None and batch < 1):
-        raise FeatvisError(f"steps and batch must be >= 1 and size >= 8 px, got steps={steps}, batch={batch}, size={size}")
+    if batch is not None and batch < 1:
+        raise FeatvisError(f"batch must be >= 1, got batch={batch}")
+    steps = settings.steps
     keep = sorted(set(thresholds or ()) | {steps})
     if keep[0] < 0 or keep[-1] > steps:
         raise FeatvisError(f"thresholds must lie in 0..{steps} (the number of steps), got {list(thresholds or ())}")
-    scale = max(size, model.input_size)
-    dtype = compute_dtype(precision, model)
-    chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
     layers = [layer for o in objectives for layer in o.layers if layer != INPUT]
-    check_render_fits(model, layers, max(sum(o.span for o, _ in chunk) for chunk in chunks), size, scale, dtype)
+    scale = _scale(model, layers, settings.size)
+    dtype = compute_dtype(settings.precision, model)
+    chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
+    check_render_fits(model, layers, max(sum(o.span for o, _ in chunk) for chunk in chunks), settings.size, scale, dtype)
     shapes = layer_shapes(model, layers, scale)
     for objective in objectives:
         objective.check(shapes)
-    if param == "maco" and (init is not None or accentuate is not None):
+    if settings.param == "maco" and (init is not None or accentuate is not None):
         raise FeatvisError("the maco parameterisation cannot start from a photo (its magnitude is fixed); "
                            "use param fft with init or accentuate")
     if init is not None and accentuate is not None:
         raise FeatvisError("give either init (a start photo) or accentuate (a photo to stay close to), not both")
     if accentuate is not None and not accentuate_distance > 0:
         raise FeatvisError(f"accentuate_distance must be > 0, got {accentuate_distance}")
-    transform = tf.resolve(transforms)
-    start = _init_image(init if accentuate is None else accentuate, size)
+    start = _init_image(init if accentuate is None else accentuate, settings.size)
     accentuation = Accentuation(accentuate_layer, accentuate_distance) if accentuate is not None else None
     if accentuation is not None:
         layer_shapes(model, [accentuation.layer_for(o) for o in objectives], scale)  # unknown layers fail here
-    settings = dict(steps=steps, size=size, scale=scale, seed=seed, param=param, decorrelate=decorrelate, valid=valid,
-                    transform=transform, init=start, keep=keep, dtype=dtype,
-                    verify_bfloat16=precision == "auto" and dtype is torch.bfloat16,
-                    accentuation=accentuation, penalties=_penalties(model, objectives, accentuation, scale))
+    plan = _Plan(settings, scale, tf.resolve(settings.transforms), start, keep, dtype,
+                 settings.precision == "auto" and dtype is torch.bfloat16, accentuation,
+                 _penalties(model, objectives, accentuation, scale))
 
     # the natural-photo bar first: whatever it needs (the sample photos) fails before the optimisation
     maxima = [natural_max(model, o, scale, progress=progress) if natural and o.span == 1 else None for o in objectives]
     results: list[RenderResult] = []
-    with keep_freed_memory(), progress_bar(steps * len(chunks), "render", "steps", enabled=progress) as bar:
+    total = steps * len(chunks)
+    with keep_freed_memory(), progress_bar(total, "render", "steps", enabled=progress) as bar:
+        counter = _Steps(bar, total, on_step)
         for chunk in chunks:
-            results += _optimise(model, chunk, bar, **settings)
+            results += _optimise(model, chunk, counter, plan)
             if results[-1].interrupted:
                 break
     for result, best in zip(results, (m for o, m in zip(objectives, maxima) for _ in range(o.span))):
@@ -191,6 +224,33 @@ def render(
         for result, value in zip(results, plausibility(model, torch.stack([r.image for r in results]))):
             result.plausibility = value
     return results
+
+
+class _Steps:
+    """Counts optimisation steps into the progress bar and the caller's ``on_step``."""
+
+    def __init__(self, bar: Counter, total: int, on_step: Callable[[int, int], None] | None):
+        self.bar, self.total, self.on_step, self.done = bar, total, on_step, 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+
+
+def _scale(model: FeatvisModel, layers: list[str], size: int) -> int:
+    """The side the model sees the image at: max(size, its input size), or its input size where the
+    model accepts no other up to ``layers`` (a Linear layer after the convolutions: a 28 px digit CNN)."""
+    scale = max(size, model.input_size)
+    try:
+        layer_shapes(model, layers, scale)
+    except FeatvisError:
+        if scale == model.input_size:
+            raise
+        layer_shapes(model, layers, model.input_size)  # works at its own size: the image is resized to it
+        return model.input_size
+    return scale
 
 
 def _penalties(model: FeatvisModel, objectives: list[Objective], accentuation: Accentuation | None,
@@ -244,16 +304,16 @@ def _batched(chunk: list[tuple[Objective, str]]) -> Callable[[Acts], torch.Tenso
     return scores
 
 
-def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Counter, *, steps: int, size: int, scale: int,
-              seed: int, param: str, decorrelate: bool, valid: str, transform: tf.Transforms | None,
-              init: torch.Tensor | None, keep: list[int], dtype: torch.dtype, verify_bfloat16: bool,
-              accentuation: Accentuation | None, penalties: dict[int, Objective]) -> list[RenderResult]:
+def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Counter, plan: _Plan) -> list[RenderResult]:
+    settings, scale, transform, init, keep = plan.settings, plan.scale, plan.transform, plan.init, plan.keep
+    steps, size, dtype, accentuation, penalties = settings.steps, settings.size, plan.dtype, plan.accentuation, plan.penalties
     device = model.mean.device
     images_of = [(name, i) for objective, name in chunk for i in range(objective.span)]
     layers_of = {name: objective.layers for objective, name in chunk}
-    generators = [torch.Generator().manual_seed(_image_seed(seed, objective.name, i)) for objective, _ in chunk
+    generators = [torch.Generator().manual_seed(_image_seed(settings.seed, objective.name, i)) for objective, _ in chunk
                   for i in range(objective.span)]
-    image_param = make_param(param, generators, size, decorrelate=decorrelate, valid=valid, init=init).to(device)
+    image_param = make_param(settings.param, generators, size, decorrelate=settings.decorrelate, valid=settings.valid,
+                             init=init).to(device)
     thetas = transform.stream(generators, steps, size, scale) if transform else None
     optimizer = Adam(image_param.parameters(), lr=image_param.learning_rate or LEARNING_RATE)
     scores = _batched(chunk)
@@ -265,11 +325,12 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
     kept: dict[int, torch.Tensor] = {}
     done, interrupted = 0, False
 
+    layout = memory_format(model)
     pruned = prune(model, layers, [objective for objective, _ in chunk] + list(penalties.values()), scale)
     probing = Probe(model, probed_layers(layers, pruned), early_exit=True, detach=False) if layers else contextlib.nullcontext()
     with fast_layers(model), probing as probe:
         def activations(images: torch.Tensor, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-            acts = assemble(probe(x.to(dtype, memory_format=torch.channels_last)), layers, pruned) if layers else {}
+            acts = assemble(probe(x.to(dtype, memory_format=layout)), layers, pruned) if layers else {}
             return {**{k: v.float() for k, v in acts.items()}, INPUT: images}
 
         def place(images: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
@@ -283,7 +344,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
                 images = image_param()
                 return torch.autograd.grad(-scores(activations(images, tf.resize(images, scale), dtype)).sum(), images)[0]
 
-        if verify_bfloat16:
+        if plan.verify_bfloat16:
             dtype = faithful_dtype(model, layers, start_gradient)
         phase = contextlib.ExitStack()  # redirected ReLUs first, then the fused (plain) conv + ReLU pairs
         try:
@@ -327,6 +388,8 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
                 final, far = pull_back(lambda t: activations(t, tf.resize(t, scale)), final, init.to(device), anchors,
                                        accentuation.distance)
             values = scores(activations(final, tf.resize(final, scale)))
+            finished = done > 0 and not interrupted
+            at_start = scores(activations(start.to(device), tf.resize(start.to(device), scale))) if finished else None
     final = final.detach().cpu()
     kept[done] = final
     results = [
@@ -337,15 +400,16 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
         result.alpha = alpha_map(transparency[b].cpu()) if transparency is not None else None
         result.distance = float(far[b]) if accentuation is not None else None
         result.precision = str(dtype).removeprefix("torch.")
-        if done and not interrupted and torch.equal(start[b], final[b]):
+        if finished and (torch.equal(start[b], final[b]) or bool(values[b] == at_start[b])):
             result.unmoved = _unmoved(result, layers_of[result.spec])
     return results
 
 
 def _unmoved(result: RenderResult, layers: list[str]) -> str:
-    """One line for an image that is still exactly its start: no gradient ever reached it, its picture
-    would be the flat start (a unit that never fires, behind an activation the redirected gradient
-    does not cover, or an objective that does not depend on the image)."""
+    """One line for an image whose objective ends exactly where it started (the image did not move, or
+    moved without changing it, e.g. a ReLU unit still at 0.0): no gradient reached it through the unit, its
+    picture would be flat noise (a unit that never fires, behind an activation the redirected gradient does
+    not cover, or an objective that does not depend on the image)."""
     return (f"{result.spec}: the objective never moved from {result.activation:.4g} in {result.steps} steps, no gradient "
             f"reached the image through {', '.join(layers) or 'the model'} (a unit that never fires here); pick another "
             "channel or layer, e.g. the layer before its activation")

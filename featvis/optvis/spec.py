@@ -112,6 +112,9 @@ def layer_shapes(model: FeatvisModel, layers: Iterable[str], size: int) -> Shape
             acts = capture(model, blank, missing)
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[0][:160]
+            if size > model.input_size:
+                raise FeatvisError(f"{model.name} cannot take {size} px images up to {', '.join(missing)} ({reason}); "
+                                   f"its input size is {model.input_size} px: use that size") from None
             raise FeatvisError(f"image size {size} px is too small for {', '.join(missing)} of {model.name} ({reason}); use a larger size") from None
         for layer, act in acts.items():
             if act.numel() == 0:

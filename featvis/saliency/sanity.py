@@ -25,6 +25,7 @@ from torch import nn
 
 from .._util.choices import GUIDED
 from .._util.errors import FeatvisError
+from .._util.progress import progress_bar
 from .._util.reprs import short_repr
 from ..core.figures import TITLE_SIZE, new_figure
 from ..core.probe import model_input
@@ -167,6 +168,7 @@ def cascading_randomization(
     target: int | str | None = None,
     layers: Sequence[str] | None = None,
     seed: int = 0,
+    progress: bool = False,
     **options,
 ) -> list[SanityStep]:
     """Adebayo et al.'s cascading randomization: one ``SanityStep`` per randomized block.
@@ -175,7 +177,8 @@ def cascading_randomization(
     parameters, from the last to run down to the first; see ``execution_order``). Maps are compared with the
     trained model's for the same class: Spearman of the signed channel sum, Spearman and SSIM
     of the magnitude (SSIM on maps scaled to a peak of 1). ``options`` go to
-    ``featvis.saliency.attribute`` (``layer`` for Grad-CAM stays fixed).
+    ``featvis.saliency.attribute`` (``layer`` for Grad-CAM stays fixed). ``progress``: a bar (plain
+    lines in a log) over the randomized blocks.
     """
     fmodel = as_model(model)
     check_method(method)
@@ -192,18 +195,20 @@ def cascading_randomization(
         randomized = guided_model(randomized)
     generator = torch.Generator().manual_seed(seed)
     steps = []
-    for depth, (layer, path) in enumerate(zip(order, paths), start=1):
-        with torch.no_grad():
-            randomize_(randomized.net.get_submodule(path), generator)
-        current = attribute(randomized, x, method, index, **options)
-        current_magnitude = reduce_map(current, absolute=True)
-        steps.append(SanityStep(
-            depth=depth,
-            layer=layer,
-            spearman=spearman(signed, reduce_map(current, absolute=False)),
-            spearman_abs=spearman(magnitude, current_magnitude),
-            ssim=ssim(_normalized(magnitude), _normalized(current_magnitude)),
-        ))
+    with progress_bar(len(paths), "sanity check", "blocks", enabled=progress) as bar:
+        for depth, (layer, path) in enumerate(zip(order, paths), start=1):
+            with torch.no_grad():
+                randomize_(randomized.net.get_submodule(path), generator)
+            current = attribute(randomized, x, method, index, **options)
+            current_magnitude = reduce_map(current, absolute=True)
+            steps.append(SanityStep(
+                depth=depth,
+                layer=layer,
+                spearman=spearman(signed, reduce_map(current, absolute=False)),
+                spearman_abs=spearman(magnitude, current_magnitude),
+                ssim=ssim(_normalized(magnitude), _normalized(current_magnitude)),
+            ))
+            bar.update(1)
     return steps
 
 
@@ -214,11 +219,14 @@ def sanity_axes(ax, steps: Sequence[SanityStep], title: str | None = None) -> No
     """Plot Spearman (signed, |map|) and SSIM against the randomized block on ``ax``."""
     labels = ["none"] + [step.layer for step in steps]
     depth = range(len(labels))
+    lowest = 0.0
     for name, style, legend in _CURVES:
-        ax.plot(depth, [1.0] + [getattr(step, name) for step in steps], style, label=legend, markersize=4)
+        values = [1.0] + [getattr(step, name) for step in steps]
+        lowest = min([lowest] + [v for v in values if v == v])  # NaN (a constant map) is not drawn
+        ax.plot(depth, values, style, label=legend, markersize=4)
     ax.axhline(0.0, color="grey", linewidth=0.5)
     ax.set_xticks(list(depth), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylim(-0.3, 1.05)
+    ax.set_ylim(min(-0.3, lowest - 0.05), 1.05)  # every point on the chart: similarities reach -1
     ax.set_ylabel("similarity to trained map", fontsize=8)
     ax.set_xlabel("randomized down to (cumulative, from the top)", fontsize=8)
     ax.legend(fontsize=7, loc="lower left")

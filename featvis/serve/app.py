@@ -30,11 +30,15 @@ from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_bytes
 from ..core.images import load_image
 from . import pages
-from .jobs import DONE, FAILED, example_file, examples_dir
+from .jobs import example_file
+from .state import State
 from .units import KINDS, NotFound
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .cache import PictureCache
+    from .queue import RenderQueue
+    from .server import Photos, Sections
+    from .units import ModelInfo
 
 _HEX = re.compile(r"^[0-9a-f]{16,64}$")
 _PICTURE = re.compile(r"^layers/[A-Za-z0-9_-]{1,80}/img/[A-Za-z0-9_.-]{1,120}\.png$")
@@ -51,78 +55,81 @@ def _html(text: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status, headers={"X-Content-Type-Options": "nosniff"})
 
 
-def build_app(server: "Server") -> Starlette:
-    """The Starlette application serving ``server``'s model (see module docstring)."""
+def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", sections: "Sections",
+              photos: "Photos") -> Starlette:
+    """The Starlette application serving ``info``'s model (see module docstring): pictures through
+    ``queue`` and ``cache``, a unit page's background ``sections``, and ``photos``."""
+    examples_on = sections.images is not None
 
     def index(request: Request) -> Response:
-        return _html(pages.index_page(server.info, server.images is not None))
+        return _html(pages.index_page(info, examples_on))
 
     def layer(request: Request) -> Response:
-        row = server.info.row(request.path_params["name"])
+        row = info.row(request.path_params["name"])
         shown, lazy = [], []
         for c in range(row.shape[0]):
-            picture = server.info.picture(row, c, "positive", priority=2)
-            known = server.queue.get(picture.digest)
-            if known is None and server.cache.finished(picture.digest, picture.rels):
-                known = server.queue.request(picture)  # finished: shown at once
+            picture = info.picture(row, c, "positive", priority=2)
+            known = queue.get(picture.digest)
+            if known is None and cache.finished(picture.digest, picture.rels):
+                known = queue.request(picture)  # finished: shown at once
             shown.append(known or picture)  # neither: rendered when its card scrolls into view
             lazy.append(None if known else f"/api/enqueue/{pages.quote(row.name, safe='')}/{c}")
-        return _html(pages.layer_page(server.info, row, shown, lazy))
+        return _html(pages.layer_page(info, row, shown, lazy))
 
     def unit(request: Request) -> Response:
-        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
-        kinds = [k for k in KINDS if k != "diversity" or server.info.diversity >= 2]
-        pictures = {k: server.queue.request(server.info.picture(row, channel, k, priority=i)) for i, k in enumerate(kinds)}
-        if server.images is not None:
-            server.start_examples(row.name, retry=True)
-        server.start_circuits(row.name, channel, retry=True)
-        server.start_erf(row.name, retry=True)
-        return _html(pages.unit_page(server.info, row, channel, pictures, server.images is not None))
+        row, channel = info.unit(request.path_params["name"], request.path_params["channel"])
+        kinds = [k for k in KINDS if k != "diversity" or info.diversity >= 2]
+        pictures = {k: queue.request(info.picture(row, channel, k, priority=i)) for i, k in enumerate(kinds)}
+        if examples_on:
+            sections.start_examples(row.name, retry=True)
+        sections.start_circuits(row.name, channel, retry=True)
+        sections.start_erf(row.name, retry=True)
+        return _html(pages.unit_page(info, row, channel, pictures, examples_on))
 
     def enqueue(request: Request) -> Response:
-        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
-        picture = server.queue.request(server.info.picture(row, channel, "positive", priority=2))
-        return JSONResponse({"key": picture.digest, **server.queue.status(picture)}, headers=NO_STORE)
+        row, channel = info.unit(request.path_params["name"], request.path_params["channel"])
+        picture = queue.request(info.picture(row, channel, "positive", priority=2))
+        return JSONResponse({"key": picture.digest, **queue.status(picture)}, headers=NO_STORE)
 
     def status(request: Request) -> Response:
         keys = request.query_params.getlist("key")[:MAX_STATUS_KEYS]
         answer = {}
         for key in keys:
-            picture = server.queue.get(key) if _HEX.match(key) else None
+            picture = queue.get(key) if _HEX.match(key) else None
             if picture is not None:
-                answer[key] = server.queue.status(picture)
+                answer[key] = queue.status(picture)
         return JSONResponse(answer, headers=NO_STORE)
 
     def stats(request: Request) -> Response:
-        return JSONResponse(server.queue.stats.to_json(), headers=NO_STORE)
+        return JSONResponse(queue.stats.to_json(), headers=NO_STORE)
 
     def picture_meta(request: Request) -> Response:
         key = request.path_params["key"]
-        picture = server.queue.get(key) if _HEX.match(key) else None
+        picture = queue.get(key) if _HEX.match(key) else None
         if picture is None:
             raise NotFound(f"no picture {key[:64]} was asked for on this server")
-        return JSONResponse({**server.queue.status(picture), "spec": picture.spec, "settings": picture.settings,
+        return JSONResponse({**queue.status(picture), "spec": picture.spec, "settings": picture.settings,
                              "meta": picture.meta}, headers=NO_STORE)
 
     def files(request: Request) -> Response:
         rel = request.path_params["rel"]
-        if not _PICTURE.match(rel) or ".." in rel or not server.cache.servable(rel):
+        if not _PICTURE.match(rel) or ".." in rel or not cache.servable(rel):
             raise NotFound(f"no finished picture '{rel[:120]}' in the cache")
-        return FileResponse(server.cache.root / rel, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        return FileResponse(cache.root / rel, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     # --- background sections --------------------------------------------------------------
     def _pending_or_failed(task, what: str) -> Response | None:
-        if task is None or task.state not in (DONE, FAILED):
+        if task is None or not task.state.finished:
             return Response(f"{what} …", status_code=202, headers=NO_STORE)
-        if task.state == FAILED:
+        if task.state == State.FAILED:
             return Response(f"{what} failed: {task.error}", status_code=422, media_type="text/plain", headers=NO_STORE)
         return None
 
     def examples_fragment(request: Request) -> Response:
-        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
-        if server.images is None:
+        row, channel = info.unit(request.path_params["name"], request.path_params["channel"])
+        if not examples_on:
             raise NotFound("this server has no image collection; start it with --images SOURCE")
-        task = server.start_examples(row.name)
+        task = sections.start_examples(row.name)
         waiting = _pending_or_failed(task, "dataset examples")
         if waiting is not None:
             return waiting
@@ -132,54 +139,54 @@ def build_app(server: "Server") -> Starlette:
         return _html(pages.examples_fragment(row.name, entries, urls))
 
     def example_image(request: Request) -> Response:
-        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
+        row, channel = info.unit(request.path_params["name"], request.path_params["channel"])
         match = re.fullmatch(r"(\d{1,3})(-full)?\.png", request.path_params["file"])
-        task = server.tasks.get(("examples", row.name))
-        if match is None or task is None or task.state != DONE:
+        task = sections.tasks.get(("examples", row.name))
+        if match is None or task is None or task.state != State.DONE:
             raise NotFound("no such dataset example")
         entries = task.result["layers"].get(row.name, {}).get(str(channel), [])
         rank = int(match[1])
         entry = entries[rank] if rank < len(entries) else {}
-        path = example_file(examples_dir(server.cache.root, server.info.fingerprint, row.name),
+        path = example_file(cache.layout.examples(row.name),
                             entry.get("full" if match[2] else "crop"))
         if path is None:
             raise NotFound(f"no dataset example {rank} for {row.name}:{channel}")
         return FileResponse(path, media_type="image/png")
 
     def circuits_fragment(request: Request) -> Response:
-        row, channel = server.info.unit(request.path_params["name"], request.path_params["channel"])
-        task = server.start_circuits(row.name, channel)
+        row, channel = info.unit(request.path_params["name"], request.path_params["channel"])
+        task = sections.start_circuits(row.name, channel)
         waiting = _pending_or_failed(task, "circuits")
         if waiting is not None:
             return waiting
         thumbs = {}
         for connection in task.result["inputs"] + task.result["outputs"]:
-            other, index = server.info.row(connection["layer"]), connection["channel"]
-            picture = server.queue.request(server.info.picture(other, index, "positive", priority=1))
+            other, index = info.row(connection["layer"]), connection["channel"]
+            picture = queue.request(info.picture(other, index, "positive", priority=1))
             thumbs[connection["layer"], index] = pages.picture_box(None, picture, f"{connection['layer']}:{index}", small=True)
         return _html(pages.circuits_fragment(task.result, thumbs))
 
     def erf_fragment(request: Request) -> Response:
-        row = server.info.row(request.path_params["name"])
-        task = server.start_erf(row.name)
+        row = info.row(request.path_params["name"])
+        task = sections.start_erf(row.name)
         waiting = _pending_or_failed(task, "effective receptive field")
         if waiting is not None:
             return waiting
         return _html(pages.erf_fragment(task.result, f"/erf/{pages.quote(row.name, safe='')}.png"))
 
     def erf_image(request: Request) -> Response:
-        row = server.info.row(request.path_params["name"])
-        task = server.tasks.get(("erf", row.name))
-        if task is None or task.state != DONE:
+        row = info.row(request.path_params["name"])
+        task = sections.tasks.get(("erf", row.name))
+        if task is None or task.state != State.DONE:
             raise NotFound(f"no effective field of {row.name} yet")
-        return FileResponse(server.erf_png(row.name), media_type="image/png")
+        return FileResponse(sections.layout.erf(row.name), media_type="image/png")
 
     # --- photos ---------------------------------------------------------------------------
     def upload_form(request: Request) -> Response:
-        return _html(pages.upload_page(server.upload_limit / 2**20))
+        return _html(pages.upload_page(photos.upload_limit / 2**20))
 
     async def upload(request: Request) -> Response:
-        limit = server.upload_limit
+        limit = photos.upload_limit
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit + 64 * 1024:
             return _html(pages.upload_page(limit / 2**20, f"the upload is {int(declared) / 2**20:.1f} MB, more than this "
@@ -209,25 +216,25 @@ def build_app(server: "Server") -> Starlette:
         if len(data) > limit:
             return _html(pages.upload_page(limit / 2**20, f"the photo is more than this server takes ({limit / 2**20:g} MB)"), 413)
         try:
-            photo_id = await run_in_threadpool(server.store_photo, data)
+            photo_id = await run_in_threadpool(photos.store, data)
         except FeatvisError as exc:
             return _html(pages.upload_page(limit / 2**20, str(exc)), 400)
         return RedirectResponse(f"/photo/{photo_id}", status_code=303)
 
     def _photo_id(request: Request) -> str:
         photo_id = request.path_params["id"]
-        if not re.fullmatch(r"[0-9a-f]{16}", photo_id) or not server.photo_path(photo_id).is_file():
+        if not re.fullmatch(r"[0-9a-f]{16}", photo_id) or not photos.path(photo_id).is_file():
             raise NotFound(f"no uploaded photo '{photo_id[:40]}' on this server; upload it again")
         return photo_id
 
     def photo(request: Request) -> Response:
         photo_id = _photo_id(request)
-        server.start_photo(photo_id, retry=True)
+        photos.start(photo_id, retry=True)
         return _html(pages.photo_page(photo_id))
 
     def photo_fragment(request: Request) -> Response:
         photo_id = _photo_id(request)
-        task = server.start_photo(photo_id)
+        task = photos.start(photo_id)
         waiting = _pending_or_failed(task, "the photo's analysis")
         if waiting is not None:
             return waiting
@@ -236,10 +243,10 @@ def build_app(server: "Server") -> Starlette:
     def photo_file(request: Request) -> Response:
         photo_id = _photo_id(request)
         name = request.path_params["file"]
-        task = server.tasks.get(("photo", photo_id))
-        if name not in _PHOTO_FILES or (name != "input.png" and (task is None or task.state != DONE)):
+        task = photos.tasks.get(("photo", photo_id))
+        if name not in _PHOTO_FILES or (name != "input.png" and (task is None or task.state != State.DONE)):
             raise NotFound(f"no file '{name[:40]}' for photo {photo_id}")
-        path = server.photo_dir(photo_id) / name
+        path = photos.folder(photo_id) / name
         if not path.is_file():
             raise NotFound(f"no file '{name}' for photo {photo_id} yet")
         headers = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"} \

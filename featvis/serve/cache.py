@@ -1,6 +1,7 @@
 """The serve cache: pictures on disk, named and laid out exactly as a static gallery names them.
 
-A picture's file is ``layers/<layer slug>/img/<stem>-<digest>.png`` where ``digest`` is the
+Paths come from `featvis.serve.layout.CacheLayout`. A picture's file is
+``layers/<layer slug>/img/<stem>-<digest>.png`` where ``digest`` is the
 gallery's settings digest of (model fingerprint, spec, steps, size, seed, precision, ...), so a
 ``featvis gallery`` run with ``--out`` the same folder and the same settings produces the same
 names, and each side reuses the other's pictures:
@@ -30,14 +31,7 @@ from typing import Any
 
 from .._util.fileio import atomic_write_text, ensure_writable_dir
 from ..gallery import manifest as mf
-from ..gallery import slug
-
-META_DIR = "serve"
-
-
-def picture_rel(layer_path: str, stem: str, settings: dict) -> str:
-    """The gallery's relative file name of a picture (see featvis.gallery.job.GalleryJob.save)."""
-    return f"layers/{slug(layer_path)}/img/{stem}-{mf.settings_digest(settings)[:10]}.png"
+from .layout import CacheLayout
 
 
 class PictureCache:
@@ -45,13 +39,14 @@ class PictureCache:
 
     def __init__(self, root: Path, model_meta: dict):
         self.root = ensure_writable_dir(root)
-        ensure_writable_dir(self.root / META_DIR)
+        self.layout = CacheLayout(self.root, model_meta["fingerprint"])
+        ensure_writable_dir(self.layout.manifest_lock.parent)
         self.model_meta = model_meta  # {"name", "fingerprint"}, as a gallery's manifest names its model
         self._lock = threading.Lock()
         self._verified: dict[str, tuple[int, int, str]] = {}  # rel -> (size, mtime_ns, sha256) known intact
         self._good: dict[str, str] = {}  # rel -> the sha256 it was checked against and matched
         self._gallery: dict[str, str] = {}  # rel -> sha256 from the gallery's intact records
-        self.manifest_path: Path | None = self.root / mf.MANIFEST_DIR / f"serve-{model_meta['fingerprint'][:12]}.json"
+        self.manifest_path: Path | None = self.layout.manifest
         manifests = mf.read_manifests(self.root)
         other = mf.model_of(manifests)
         if other is not None and other.get("name") != model_meta["name"]:
@@ -61,7 +56,7 @@ class PictureCache:
 
     # --- reading ----------------------------------------------------------------------------
     def meta_path(self, digest: str) -> Path:
-        return self.root / META_DIR / f"{digest}.json"
+        return self.layout.meta(digest)
 
     def meta(self, digest: str) -> dict | None:
         """The sidecar of a finished render (its files' digests and numbers), or None."""
@@ -126,7 +121,7 @@ class PictureCache:
             return
         ensure_writable_dir(self.manifest_path.parent)
         record.finished = time.time()
-        with self._lock, open(self.root / META_DIR / ".manifest.lock", "a") as lock:
+        with self._lock, open(self.layout.manifest_lock, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 data = json.loads(self.manifest_path.read_text(encoding="utf-8"))

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .._util.errors import FeatvisError
-from ..gallery import slug
+from .state import State
 
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
 
 @dataclass
@@ -32,7 +31,7 @@ class Task:
     """One background computation: ``state``, its ``result`` when done, else its ``error``."""
 
     key: tuple
-    state: str = PENDING
+    state: State = State.QUEUED
     result: Any = None
     error: str | None = None
     log: list[str] = field(default_factory=list)
@@ -57,22 +56,22 @@ class Tasks:
         a page load retries, the page's polling does not)."""
         with self._lock:
             task = self._tasks.get(key)
-            if task is not None and (task.state != FAILED or not retry):
+            if task is not None and (task.state != State.FAILED or not retry):
                 return task
             task = self._tasks[key] = Task(key)
         (self._process_pool if process else self._model_pool).submit(self._run, task, work)
         return task
 
     def _run(self, task: Task, work: Callable[[Task], Any]) -> None:
-        task.state = RUNNING
+        task.state = State.RUNNING
         try:
             task.result = work(task)
-            task.state = DONE
+            task.state = State.DONE
         except Exception as exc:  # the server keeps serving; the page names the problem
             if not isinstance(exc, FeatvisError):
                 traceback.print_exc(file=sys.stderr)
             task.error = str(exc) if isinstance(exc, FeatvisError) else f"{type(exc).__name__}: {exc}"
-            task.state = FAILED
+            task.state = State.FAILED
             self.log(f"featvis serve: {task.key[0]} failed: {task.error}")
 
 
@@ -90,11 +89,6 @@ def run_examples(command: list[str], out: Path) -> dict:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise FeatvisError(lines[-1].removeprefix("featvis: error: ") if lines else f"featvis examples exited {done.returncode}")
     return json.loads(done.stdout)
-
-
-def examples_dir(cache: Path, fingerprint: str, layer: str) -> Path:
-    """Where one layer's examples live in the cache (per model, per layer)."""
-    return cache / "examples" / fingerprint[:12] / slug(layer)
 
 
 def example_file(out: Path, rel: str | None) -> Path | None:

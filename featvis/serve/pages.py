@@ -16,7 +16,8 @@ from urllib.parse import quote
 from .._util.html import Markup, document, join, tag
 from ..gallery.circuits import weight_map
 from ..gallery.site import CSS as GALLERY_CSS
-from .queue import DONE, FAILED, Picture
+from .queue import Picture
+from .state import State
 from .units import ModelInfo, Row, central_box
 
 CSS = GALLERY_CSS + """
@@ -114,10 +115,10 @@ def layer_href(layer: str) -> str:
 
 def picture_box(queue_status: dict | None, picture: Picture, alt: str, small: bool = False, lazy: str | None = None) -> Markup:
     """The picture itself when finished, else its placeholder with a progress bar."""
-    if picture.state == DONE:
+    if picture.state == State.DONE:
         return join(tag("img", src="/files/" + quote(rel), alt=alt, class_="small" if small else None,
                         data_done=picture.digest) for rel in picture.rels)
-    failed = picture.state == FAILED
+    failed = picture.state == State.FAILED
     label = f"failed: {picture.error}" if failed else ("waiting" if lazy else "queued")
     return tag("div", tag("div", tag("div"), class_="bar"), tag("span", label, class_="label"),
                class_="pending" + (" small" if small else "") + (" failed" if failed else ""),
@@ -142,6 +143,13 @@ def _field_cells(row: Row) -> list[Markup]:
             tag("td", f"{field.padding[0]}×{field.padding[1]}")]
 
 
+def _precision_shown(info: ModelInfo) -> str:
+    """The number format pictures are made in: with "auto" on a bfloat16 CPU, each picture's own (the guard decides)."""
+    if "guard" in info.base:
+        return "bfloat16 where its start gradient agrees with float32's, else float32 (each picture says which)"
+    return info.base["precision"]
+
+
 def index_page(info: ModelInfo, examples: bool) -> str:
     head = tag("tr", [tag("th", h) for h in ("layer", "module", "type", "output", "receptive field", "stride", "padding")])
     rows = []
@@ -149,8 +157,8 @@ def index_page(info: ModelInfo, examples: bool) -> str:
         name = tag("a", row.name, href=layer_href(row.name)) if row.has_channels and "/" not in row.name else row.name
         rows.append(tag("tr", tag("td", name), tag("td", row.path, class_="muted"), tag("td", row.type),
                         tag("td", _shape(row.shape)), *_field_cells(row)))
-    intro = tag("p", f"Model fingerprint {info.fingerprint[:16]}; pictures: {info.render_kw['steps']} steps, "
-                     f"{info.render_kw['size']} px, seed {info.render_kw['seed']}, {info.render_kw['precision']}"
+    intro = tag("p", f"Model fingerprint {info.fingerprint[:16]}; pictures: {info.settings.steps} steps, "
+                     f"{info.settings.size} px, seed {info.settings.seed}, precision {_precision_shown(info)}"
                      + ("; dataset examples from the image collection" if examples else "") + ".", class_="muted")
     return page(f"{info.model.name}: layers", intro, tag("table", head, rows, class_="fields"), crumbs=[("index", "/")])
 

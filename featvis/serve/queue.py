@@ -8,8 +8,8 @@ its own spec, so batching changes a picture only by float rounding; each picture
 records the specs it was rendered with (``batch``), so ``featvis render`` with those specs gives
 it exactly. The same picture is never queued twice, and finished pictures come from the cache.
 
-Progress is measured, not guessed: a forward pre-hook on the model counts the optimisation's
-forward passes (the ones with gradients), one per step.
+Progress is measured, not guessed: the render reports every optimisation step (``on_step``); the
+queue leaves nothing on the model.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from ..core.plan import Layer
 from ..gallery import manifest as mf
 from ..gallery.job import channel_values
 from ..models.wrapper import FeatvisModel
-from ..optvis import Objective, RenderResult, render
+from ..optvis import Objective, RenderResult, RenderSettings, render
 from .cache import PictureCache, file_sha
+from .state import State
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Picture:
     kind: str
     rels: list[str]
     priority: int = 0
-    state: str = QUEUED
+    state: State = State.QUEUED
     error: str | None = None
     meta: dict = field(default_factory=dict)
     order: int = 0
@@ -77,22 +77,19 @@ class QueueStats:
 
 
 class RenderQueue:
-    """The worker thread and its bookkeeping (see module docstring). ``render_kw``: steps, size, seed,
-    precision and param, as ``featvis render`` takes them."""
+    """The worker thread and its bookkeeping (see module docstring). ``settings``: the pictures'
+    settings, as ``featvis render`` takes them (its precision policy unresolved)."""
 
-    def __init__(self, model: FeatvisModel, cache: PictureCache, render_kw: dict, *, max_batch: int = 16,
+    def __init__(self, model: FeatvisModel, cache: PictureCache, settings: RenderSettings, *, max_batch: int = 16,
                  window: float = 0.05, log: Callable[[str], None] = lambda message: None):
-        self.model, self.cache, self.render_kw = model, cache, dict(render_kw)
+        self.model, self.cache, self.settings = model, cache, settings
         self.max_batch, self.window, self.log = max(1, int(max_batch)), float(window), log
-        self.steps = int(render_kw["steps"])
         self.stats = QueueStats()
         self._pictures: dict[str, Picture] = {}
         self._pending: list[Picture] = []
         self._cond = threading.Condition()
         self._count = itertools.count()
-        self._forwards = 0
-        self._running_since: float | None = None
-        model.register_forward_pre_hook(self._count_step)
+        self._progress = 0.0  # of the running render call, 0..1
         self._thread = threading.Thread(target=self._work, name="featvis-render-queue", daemon=True)
         self._thread.start()
 
@@ -101,13 +98,13 @@ class RenderQueue:
         """The picture with this digest: finished from the cache, already known, or newly queued."""
         with self._cond:
             known = self._pictures.get(picture.digest)
-            if known is not None and known.state != FAILED:
-                if known.state == QUEUED and picture.priority < known.priority:
+            if known is not None and known.state != State.FAILED:
+                if known.state == State.QUEUED and picture.priority < known.priority:
                     known.priority = picture.priority  # a page now shows it large: move it up
                 return known
             meta = self.cache.finished(picture.digest, picture.rels)
             if meta is not None:
-                picture.state, picture.meta = DONE, meta
+                picture.state, picture.meta = State.DONE, meta
             else:
                 picture.order = next(self._count)
                 self._pending.append(picture)
@@ -120,20 +117,21 @@ class RenderQueue:
             return self._pictures.get(digest)
 
     def status(self, picture: Picture) -> dict[str, Any]:
-        """``{"state", "progress" (0..1), "error", "files", "ahead"}`` for the page's placeholder."""
+        """``{"state", "progress" (0..1), "error", "files", "ahead", "batch", "precision"}`` for the page's
+        placeholder (``precision``: the number format a finished picture was made in)."""
         with self._cond:
-            progress = 1.0 if picture.state == DONE else 0.0
-            if picture.state == RUNNING:
-                progress = min(self._forwards / self.steps, 1.0)
+            progress = 1.0 if picture.state == State.DONE else 0.0
+            if picture.state == State.RUNNING:
+                progress = self._progress
             ahead = sum(p.span for p in self._pending if (p.priority, p.order) < (picture.priority, picture.order))
             return {"state": picture.state, "progress": round(progress, 3), "error": picture.error,
-                    "files": picture.rels if picture.state == DONE else [], "ahead": ahead if picture.state == QUEUED else 0,
-                    "batch": picture.meta.get("batch")}
+                    "files": picture.rels if picture.state == State.DONE else [], "ahead": ahead if picture.state == State.QUEUED else 0,
+                    "batch": picture.meta.get("batch"), "precision": picture.meta.get("precision")}
 
     # --- the worker -------------------------------------------------------------------------
-    def _count_step(self, module: torch.nn.Module, inputs: tuple) -> None:
-        if torch.is_grad_enabled() and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].requires_grad:
-            self._forwards += 1
+    def _step(self, done: int, total: int) -> None:
+        with self._cond:
+            self._progress = min(done / total, 1.0)
 
     def _take(self) -> list[Picture]:
         """Wait for work, give later requests ``window`` seconds to join, take one batch."""
@@ -152,8 +150,8 @@ class RenderQueue:
                 images += picture.span
                 self._pending.remove(picture)
             for picture in batch:
-                picture.state = RUNNING
-            self._forwards = 0
+                picture.state = State.RUNNING
+            self._progress = 0.0
             return batch
 
     def _work(self) -> None:
@@ -166,8 +164,8 @@ class RenderQueue:
         began = time.perf_counter()
         try:
             try:
-                results = render(self.model, [p.objective for p in batch], batch=self.max_batch, progress=False, strict=False,
-                                 **self.render_kw)
+                results = render(self.model, [p.objective for p in batch], self.settings, batch=self.max_batch,
+                                 progress=False, strict=False, on_step=self._step)
             finally:
                 self._count_call(batch, time.perf_counter() - began)
             if len(results) != sum(p.span for p in batch) or any(r.interrupted for r in results):
@@ -177,7 +175,7 @@ class RenderQueue:
             if len(batch) > 1 and isinstance(exc, FeatvisError):
                 for picture in batch:
                     with self._cond:
-                        self._forwards = 0
+                        self._progress = 0.0
                     self._render([picture])
                 return
             message = str(exc) if isinstance(exc, FeatvisError) else f"{type(exc).__name__}: {exc}"
@@ -185,7 +183,7 @@ class RenderQueue:
                 traceback.print_exc(file=sys.stderr)
             with self._cond:
                 for picture in batch:
-                    picture.state, picture.error = FAILED, message
+                    picture.state, picture.error = State.FAILED, message
             self.log(f"featvis serve: render of {', '.join(p.spec for p in batch)} failed: {message}")
 
     def _count_call(self, batch: list[Picture], seconds: float) -> None:
@@ -205,7 +203,7 @@ class RenderQueue:
             stuck = next((r.unmoved for r in mine if r.unmoved), None)
             if stuck:  # a unit that never fires: the page says so, nothing is cached
                 with self._cond:
-                    picture.state, picture.error = FAILED, stuck
+                    picture.state, picture.error = State.FAILED, stuck
                 continue
             files = {}
             for rel, result in zip(picture.rels, mine):
@@ -214,11 +212,11 @@ class RenderQueue:
             meta = {"spec": picture.spec, "kind": picture.kind, "layer": picture.layer.name, "channel": picture.channel,
                     "activations": [r.activation for r in mine], "ratio": mine[0].ratio, "natural_max": mine[0].natural_max,
                     "plausibility": mine[0].plausibility, "batch": specs, "seconds": round(seconds, 3),
-                    "settings": picture.settings}
+                    "settings": picture.settings, "precision": mine[0].precision}
             self.cache.commit(picture.digest, files, meta, self._record(picture, mine, files))
             with self._cond:
                 picture.meta = {**meta, "files": files}
-                picture.state = DONE
+                picture.state = State.DONE
 
     def _record(self, picture: Picture, results: list[RenderResult], files: dict[str, str]) -> mf.Record:
         """The gallery's record of this picture (so ``featvis gallery`` on the same folder skips it)."""
@@ -226,10 +224,11 @@ class RenderQueue:
             images = torch.stack([r.image for r in results])
             result = {"spec": picture.spec, "images": list(files),
                       "activations": channel_values(self.model, picture.layer.name, picture.channel, images,
-                                                    self.render_kw["size"])}
+                                                    self.settings.size), "precision": results[0].precision}
         else:
             r = results[0]
             result = {"spec": r.spec, "activation": r.activation, "natural_max": r.natural_max, "ratio": r.ratio,
-                      "plausibility": r.plausibility, "image": picture.rels[0], "batch": self.max_batch}
+                      "plausibility": r.plausibility, "image": picture.rels[0], "batch": self.max_batch,
+                      "precision": r.precision}
         return mf.Record(picture.layer.path, picture.channel, picture.kind, picture.settings, dict(files), result,
                          picture.layer.info())

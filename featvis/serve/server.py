@@ -1,5 +1,6 @@
 """The running server's parts, wired together: two copies of the model (one for the render
-queue, one for everything else), the picture cache, the queue, the background tasks, uploads.
+queue, one for everything else), the picture cache, the queue, the background sections of a unit
+page (`Sections`) and uploaded photos (`Photos`). The routes (featvis.serve.app) take only these parts.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import Callable, Sequence
 
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
-from ..core.images import save_image
-from ..gallery import slug
+from ..core.images import load_image, save_image
 from ..models.wrapper import FeatvisModel
+from ..optvis.settings import RenderSettings
 from .analyses import Circuits, PhotoSettings, analyse_photo, effective_field
 from .app import build_app, decode_upload, photo_id_of
 from .cache import PictureCache
-from .jobs import Task, Tasks, examples_command, examples_dir, run_examples
+from .layout import CacheLayout
+from .jobs import Task, Tasks, examples_command, run_examples
 from .queue import RenderQueue
 from .units import ModelInfo
 
@@ -32,11 +34,7 @@ class ServeOptions:
 
     cache: Path
     images: str | None = None
-    steps: int = 512
-    size: int = 128
-    seed: int = 0
-    precision: str = "auto"
-    param: str = "fft"
+    render: RenderSettings = field(default_factory=RenderSettings)
     batch: int = 16
     window: float = 0.05
     diversity: int = 0
@@ -50,44 +48,28 @@ class ServeOptions:
     model_args: Sequence[str] = field(default_factory=list)  # the model options again, for `featvis examples`
 
 
-class Server:
-    """The state behind the app: build it, then ``app`` is the ASGI application."""
+class Sections:
+    """The background sections of a unit page: dataset examples (a ``featvis examples`` subprocess per
+    layer, when the server has an image collection), circuits and effective receptive fields (on ``aux``)."""
 
-    def __init__(self, model: FeatvisModel, aux: FeatvisModel, options: ServeOptions,
-                 log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)):
-        self.options, self.log = options, log
-        self.model, self.aux = model, aux
-        self.info = ModelInfo(model, steps=options.steps, size=options.size, seed=options.seed,
-                              precision=options.precision, param=options.param, diversity=options.diversity)
-        aux_info = ModelInfo(aux, steps=options.steps, size=options.size, seed=options.seed, precision=options.precision)
-        if aux_info.fingerprint != self.info.fingerprint:
-            raise FeatvisError(f"loading {model.name} twice gave different weights; make its factory deterministic "
-                               "(seed it, or pass --weights)")
-        self.cache = PictureCache(Path(options.cache), {"name": model.name, "fingerprint": self.info.fingerprint})
-        self.queue = RenderQueue(model, self.cache, self.info.render_kw, max_batch=options.batch, window=options.window, log=log)
-        self.tasks = Tasks(log)
-        self.circuits = Circuits(aux, aux_info, options.circuits)
+    def __init__(self, aux: FeatvisModel, info: ModelInfo, layout: CacheLayout, tasks: Tasks, options: ServeOptions):
+        self.aux, self.layout, self.tasks = aux, layout, tasks
         self.images = options.images
-        self.upload_limit = int(options.upload_mb * 2**20)
-        self.explain = PhotoSettings(options.explain_layer or _default_explain_layer(self.info), options.explain_steps,
-                                     EXPLAIN_ICON_PX, options.explain_groups, options.seed, options.precision)
-        self.app = build_app(self)
+        self.options = options
+        self.circuits = Circuits(aux, info, options.circuits)
 
-    # --- background tasks -----------------------------------------------------------------
     def start_examples(self, layer: str, retry: bool = False) -> Task:
-        out = examples_dir(self.cache.root, self.info.fingerprint, layer)
+        out = self.layout.examples(layer)
         command = examples_command(self.options.model_args, str(self.images), layer, out, self.options.k, self.options.workers)
         return self.tasks.start(("examples", layer), lambda task: run_examples(command, out), process=True, retry=retry)
 
     def start_circuits(self, layer: str, channel: int, retry: bool = False) -> Task:
         return self.tasks.start(("circuits", layer, channel), lambda task: self.circuits.connections(layer, channel), retry=retry)
 
-    def erf_png(self, layer: str) -> Path:
-        return self.cache.root / "serve" / "erf" / f"{self.info.fingerprint[:12]}-{slug(layer)}.png"
-
     def start_erf(self, layer: str, retry: bool = False) -> Task:
         def work(task: Task) -> dict:
-            png, record = self.erf_png(layer), self.erf_png(layer).with_suffix(".json")
+            png = self.layout.erf(layer)
+            record = png.with_suffix(".json")
             try:
                 if png.is_file():
                     return json.loads(record.read_text(encoding="utf-8"))
@@ -99,37 +81,63 @@ class Server:
 
         return self.tasks.start(("erf", layer), work, retry=retry)
 
-    # --- photos ---------------------------------------------------------------------------
-    def photo_dir(self, photo_id: str) -> Path:
-        settings = json.dumps(self.explain.to_json(), sort_keys=True)
-        return self.cache.root / "photos" / self.info.fingerprint[:12] / photo_id / photo_id_of(settings.encode())
 
-    def photo_path(self, photo_id: str) -> Path:
-        return self.cache.root / "photos" / "uploads" / f"{photo_id}.png"
+class Photos:
+    """Uploaded photos and their analyses (classification, saliency, explanation) on ``aux``."""
 
-    def store_photo(self, data: bytes) -> str:
+    def __init__(self, aux: FeatvisModel, layout: CacheLayout, tasks: Tasks, explain: PhotoSettings, upload_mb: float):
+        self.aux, self.layout, self.tasks, self.explain = aux, layout, tasks, explain
+        self.upload_limit = int(upload_mb * 2**20)
+
+    def folder(self, photo_id: str) -> Path:
+        """Where a photo's analysis files live (per model and explanation settings)."""
+        return self.layout.photo(photo_id, photo_id_of(json.dumps(self.explain.to_json(), sort_keys=True).encode()))
+
+    def path(self, photo_id: str) -> Path:
+        return self.layout.upload(photo_id)
+
+    def store(self, data: bytes) -> str:
         """Decode an upload (the pixel limit applies before decoding) and keep it as PNG; returns its id."""
         photo_id = photo_id_of(data)
-        folder = ensure_writable_dir(self.photo_path(photo_id).parent)
+        folder = ensure_writable_dir(self.path(photo_id).parent)
         image, _ = decode_upload(data, folder / f".{photo_id}.upload")
-        save_image(image, self.photo_path(photo_id))
+        save_image(image, self.path(photo_id))
         return photo_id
 
-    def start_photo(self, photo_id: str, retry: bool = False) -> Task:
+    def start(self, photo_id: str, retry: bool = False) -> Task:
         def work(task: Task) -> dict:
-            out = ensure_writable_dir(self.photo_dir(photo_id))
+            out = ensure_writable_dir(self.folder(photo_id))
             record = out / "analysis.json"
             try:
                 return json.loads(record.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 pass
-            from ..core.images import load_image
-
-            result = analyse_photo(self.aux, load_image(self.photo_path(photo_id)), out, self.explain)
+            result = analyse_photo(self.aux, load_image(self.path(photo_id)), out, self.explain)
             atomic_write_text(record, json.dumps(result) + "\n")  # last: the analysis is complete
             return result
 
         return self.tasks.start(("photo", photo_id), work, retry=retry)
+
+
+class Server:
+    """The parts behind the app, wired together: build it, then ``app`` is the ASGI application."""
+
+    def __init__(self, model: FeatvisModel, aux: FeatvisModel, options: ServeOptions,
+                 log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)):
+        info = ModelInfo(model, options.render, diversity=options.diversity)
+        aux_info = ModelInfo(aux, options.render)
+        if aux_info.fingerprint != info.fingerprint:
+            raise FeatvisError(f"loading {model.name} twice gave different weights; make its factory deterministic "
+                               "(seed it, or pass --weights)")
+        self.info = info
+        self.cache = PictureCache(Path(options.cache), {"name": model.name, "fingerprint": info.fingerprint})
+        self.queue = RenderQueue(model, self.cache, options.render, max_batch=options.batch, window=options.window, log=log)
+        tasks = Tasks(log)
+        self.sections = Sections(aux, aux_info, self.cache.layout, tasks, options)
+        explain = PhotoSettings(options.explain_layer or _default_explain_layer(info), options.explain_steps,
+                                EXPLAIN_ICON_PX, options.explain_groups, options.render.seed, options.render.precision)
+        self.photos = Photos(aux, self.cache.layout, tasks, explain, options.upload_mb)
+        self.app = build_app(info, self.queue, self.cache, self.sections, self.photos)
 
 
 def _default_explain_layer(info: ModelInfo) -> str:

@@ -16,11 +16,10 @@ from ..circuits import previous_layer
 from ..core.layer_table import layer_table
 from ..core.plan import Layer
 from ..gallery import manifest as mf
-from ..gallery.job import DIVERSITY_WEIGHT
+from ..gallery.job import unit_objective
 from ..models.wrapper import FeatvisModel, model_fingerprint
-from ..optvis import Objective, channel, compute_dtype, diversity
+from ..optvis import Objective, RenderSettings, picture_key
 from ..receptive_field import ReceptiveField, receptive_fields
-from .cache import picture_rel
 from .queue import Picture
 
 KINDS = ("positive", "negative", "diversity")
@@ -50,15 +49,12 @@ class Row:
 class ModelInfo:
     """Layers of ``model`` and the render settings the server uses for every picture."""
 
-    def __init__(self, model: FeatvisModel, *, steps: int, size: int, seed: int, precision: str, param: str = "fft",
-                 diversity: int = 0):
+    def __init__(self, model: FeatvisModel, settings: RenderSettings, *, diversity: int = 0):
         self.model = model
         self.fingerprint = model_fingerprint(model)
-        dtype = str(compute_dtype(precision, model)).removeprefix("torch.")
-        # what an image depends on, as make_gallery writes it (so both name the same files)
-        self.base = {"model": self.fingerprint, "steps": int(steps), "size": int(size), "seed": int(seed), "precision": dtype}
-        self.base |= {"param": param} if param != "fft" else {}
-        self.render_kw = {"steps": int(steps), "size": int(size), "seed": int(seed), "precision": dtype, "param": param}
+        self.settings = settings  # the policy travels to render unresolved: its guard decides "auto"
+        # what an image depends on, as make_gallery keys it (so both name the same files)
+        self.base = picture_key(settings, model, self.fingerprint)
         self.diversity = int(diversity)
         fields: dict[str, ReceptiveField] = {}
         try:
@@ -112,12 +108,8 @@ class ModelInfo:
 
     # --- pictures ---------------------------------------------------------------------------
     def objective(self, row: Row, index: int, kind: str) -> Objective:
-        """The gallery's objective for a kind of picture (see featvis.gallery.job)."""
-        if kind == "positive":
-            return channel(row.name, index)
-        if kind == "negative":
-            return -channel(row.name, index)
-        return channel(row.name, index) + DIVERSITY_WEIGHT * diversity(row.name, self.diversity)
+        """The gallery's objective for a kind of picture (featvis.gallery.job.unit_objective)."""
+        return unit_objective(row.name, index, kind, self.diversity)
 
     def picture(self, row: Row, index: int, kind: str, priority: int = 0) -> Picture:
         """The picture set of one kind for a unit, with the gallery's settings and file names."""
@@ -126,11 +118,10 @@ class ModelInfo:
                            + (", diversity" if self.diversity >= 2 else ""))
         objective = self.objective(row, index, kind)
         extra = {"images": self.diversity} if kind == "diversity" else {}
-        settings = mf.canonical({**self.base, "layer": row.path, "channel": index, "kind": kind, "spec": objective.name,
-                                 **extra})
+        settings = mf.item_key(self.base, row.path, index, kind, spec=objective.name, **extra)
         digest = mf.settings_digest(settings)
         stems = [f"{index}-diversity{k}" for k in range(self.diversity)] if kind == "diversity" else [f"{index}-{kind}"]
-        rels = [picture_rel(row.path, stem, settings) for stem in stems]
+        rels = [mf.picture_rel(row.path, stem, settings) for stem in stems]
         return Picture(digest, settings, objective, self.gallery_layer(row), index, kind, rels, priority)
 
     # --- neighbours -------------------------------------------------------------------------

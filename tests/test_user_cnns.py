@@ -1,0 +1,93 @@
+"""CNNs written the ways users write them: flattening by ``x.view``, ``reshape`` or ``nn.Flatten``,
+functional ReLUs, small inputs. featvis's speed tricks (channels-last activations) must never change
+what the user's code sees: a model whose own ``view`` refuses channels-last tensors takes the plain
+path, and every answer is checked against the plain PyTorch forward pass of the user's module.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import featvis
+from featvis.optvis import precision
+from featvis.optvis.transforms import resize
+
+
+class Digits(nn.Module):
+    """An MNIST-tutorial CNN for 28 px inputs; ``flatten`` is how its forward flattens."""
+
+    def __init__(self, flatten: str):
+        super().__init__()
+        self.flatten = flatten
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.conv2 = nn.Conv2d(8, 16, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.to_flat = nn.Flatten()
+        self.fc = nn.Linear(16 * 12 * 12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv2(F.relu(self.conv1(x)))))
+        if self.flatten == "view":
+            x = x.view(x.size(0), -1)
+        elif self.flatten == "reshape":
+            x = x.reshape(x.shape[0], -1)
+        else:
+            x = self.to_flat(x)
+        return self.fc(x)
+
+
+def _digits(flatten: str) -> featvis.FeatvisModel:
+    torch.manual_seed(0)
+    return featvis.as_model(Digits(flatten), input_size=28)
+
+
+@pytest.mark.parametrize("flatten", ["view", "reshape", "module"])
+def test_a_class_renders_whatever_way_the_model_flattens(flatten):
+    """A class logit of each style renders, and its reported activation is the plain model's logit on
+    the returned image (resized to 28 px as the engine measures it); only ``view`` needs the plain layout."""
+    model = _digits(flatten)
+    expected = torch.contiguous_format if flatten == "view" else torch.channels_last
+    assert precision.memory_format(model) == expected
+    (result,) = featvis.render(model, ["fc:3"], steps=8, size=28, progress=False)
+    with torch.no_grad():
+        logit = model.net(model.normalize(resize(result.image[None], 28)))[0, 3]
+    assert result.activation == pytest.approx(float(logit), rel=1e-4, abs=1e-5)
+    assert result.plausibility is not None  # the natural-photo features ran through the user's forward too
+
+
+def test_a_large_picture_of_a_model_that_takes_only_its_own_size():
+    """`render --size 64` of a 28 px-only model's class: the model sees the picture resized to 28 px (a
+    conv channel, which takes any size, still sees 64 px); the activation is the plain logit at 28 px."""
+    model = _digits("view")
+    (result,) = featvis.render(model, ["fc:3"], steps=4, size=64, progress=False, natural=False)
+    assert result.image.shape == (3, 64, 64)
+    with torch.no_grad():
+        logit = model.net(model.normalize(resize(result.image[None], 28)))[0, 3]
+    assert result.activation == pytest.approx(float(logit), rel=1e-4, abs=1e-5)
+    (conv,) = featvis.render(model, ["conv2:1"], steps=4, size=64, progress=False, natural=False)
+    with torch.no_grad():
+        maps = model.net.conv2(F.relu(model.net.conv1(model.normalize(resize(conv.image[None], 64)))))
+    assert maps.shape[-1] == 60  # measured at 64 px, not 28
+    assert conv.activation == pytest.approx(float(maps[0, 1].mean()), rel=1e-4, abs=1e-5)
+
+
+def test_a_dead_channel_is_never_a_silent_zero():
+    """A conv + ReLU channel whose bias keeps it below zero for every image in [0, 1] (checked here on
+    noise and a white and a black image, with the plain modules): the render refuses it in one line,
+    and ``strict=False`` hands the picture back flagged, its activation exactly 0."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+    model = featvis.as_model(net, input_size=28)
+    with torch.no_grad():
+        net[2].bias[2] = -1000.0
+        probes = torch.cat([torch.rand(4, 3, 28, 28), torch.ones(1, 3, 28, 28), torch.zeros(1, 3, 28, 28)])
+        assert float(net(model.normalize(probes))[:, 2].max()) == 0.0
+    with pytest.raises(featvis.FeatvisError, match=r"3:2: the objective never moved from 0 in 6 steps"):
+        featvis.render(model, ["3:2"], steps=6, size=28, progress=False, natural=False)
+    (flat,) = featvis.render(model, ["3:2"], steps=6, size=28, progress=False, natural=False, strict=False)
+    assert flat.activation == 0.0 and "never moved" in flat.unmoved
+    (alive,) = featvis.render(model, ["3:1"], steps=6, size=28, progress=False, natural=False)
+    assert alive.unmoved is None and alive.activation > 0

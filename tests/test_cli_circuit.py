@@ -57,9 +57,9 @@ def test_figure_renders_every_visualization_in_one_batch(nets, capsys, monkeypat
     calls = []
     real = featvis.optvis.render
 
-    def counting(model, specs, **kwargs):
+    def counting(model, specs, *args, **kwargs):
         calls.append((list(specs), kwargs["batch"]))
-        return real(model, specs, **kwargs)
+        return real(model, specs, *args, **kwargs)
 
     monkeypatch.setattr(featvis.optvis, "render", counting)
     code, out, _ = _run(capsys, "circuit", f"{nets}:Planted", "conv2:1", "--from", "conv1", "--to", "conv3", "--k", "2",

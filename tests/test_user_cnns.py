@@ -91,3 +91,14 @@ def test_a_dead_channel_is_never_a_silent_zero():
     assert flat.activation == 0.0 and "never moved" in flat.unmoved
     (alive,) = featvis.render(model, ["3:1"], steps=6, size=28, progress=False, natural=False)
     assert alive.unmoved is None and alive.activation > 0
+
+
+def test_circuits_of_a_28_px_model():
+    """conv1 -> ReLU -> conv2 of the digit CNN: the expanded weights are conv2's own kernels (ReLU taken as
+    the identity), so the strongest inputs of conv2:1 are conv1's channels ranked by the norm of
+    conv2.weight[1, c]; the field search runs the model at its own 28 px (it takes no other size)."""
+    model = _digits("view")
+    connections = featvis.top_connections(model, "conv2:1", "conv1", k=3)
+    norms = model.net.conv2.weight.detach()[1].flatten(1).norm(dim=1)
+    assert [c.channel for c in connections.inputs] == norms.argsort(descending=True)[:3].tolist()
+    assert [c.strength for c in connections.inputs] == pytest.approx(norms.sort(descending=True).values[:3].tolist(), rel=1e-5)

@@ -102,19 +102,23 @@ def fitted_field(model: FeatvisModel, source: str, target: str) -> tuple[Recepti
                            "them); choose a target before the global pool")
     stride = [math.ceil(model.input_size / n) for n in field.input_size]  # image px per source unit, about
     need = max(s * (k + 2 * t + 2) for s, k, t in zip(stride, field.size, field.stride))
-    side = max(32, min(need, model.input_size))
+    side = max(min(32, model.input_size), min(need, model.input_size))  # a 28 px model is tried at 28 px
+    ran = []
     while side <= MAX_INPUT:
         try:
             trial = field if side == model.input_size else relative_field(model, source, target, side)
         except FeatvisError:
-            trial = None  # too small for the model to run
+            trial = None  # a size the model cannot run (too small, or a Linear layer fixed to its input size)
         if trial is not None:
+            ran.append(side)
             unit = trial.central_unit()
             if trial.visible(unit) == trial.region(unit):
                 return trial, side, unit
         side = model.input_size if side < model.input_size else math.ceil(side * 1.5)
+    sizes = f"{MAX_INPUT} px images" if ran[-1:] != [model.input_size] else \
+        f"{model.input_size} px images, the only size {model.name} runs at"
     raise FeatvisError(f"the field of '{target}' on '{source}' ({field.size[0]}x{field.size[1]}) reaches padding "
-                       f"even for {MAX_INPUT} px images; choose layers closer together")
+                       f"even for {sizes}; choose layers closer together")
 
 
 @analysis

@@ -68,26 +68,24 @@ def _positive_floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def positive_int(text: str) -> int:
-    """argparse type for a count that must be at least 1."""
+def _count(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count that must be at least 1."""
+    return _count(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type for a count that may be 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _count(text, 0)
 
 
 def check_figure_output(path: str) -> None:

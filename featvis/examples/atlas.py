@@ -171,10 +171,10 @@ def activation_atlas(
     its fields; the seed also draws the sampled positions and the layout). ``target``: a class (label or index)
     for a class atlas."""
     fmodel = as_model(model)
-    settings = (settings or ATLAS_CELLS).replace(size=cell, steps=steps, seed=seed, precision=precision)
-    seed = settings.seed
-    for name, value, least, most in (("grid", grid, 1, 200), ("samples", samples, 2, 10_000_000), ("cell", settings.size, 8, 512),
-                                     ("steps", settings.steps, 1, 100_000), ("render-batch", render_batch, 1, 1024)):
+    pictures = (settings or ATLAS_CELLS).replace(size=cell, steps=steps, seed=seed, precision=precision)
+    seed = pictures.seed
+    for name, value, least, most in (("grid", grid, 1, 200), ("samples", samples, 2, 10_000_000), ("cell", pictures.size, 8, 512),
+                                     ("steps", pictures.steps, 1, 100_000), ("render-batch", render_batch, 1, 1024)):
         if not least <= int(value) <= most:
             raise FeatvisError(f"--{name} must be between {least} and {most}, got {value}")
     check_loader_args(batch, workers)
@@ -197,9 +197,9 @@ def activation_atlas(
     if rows * channels > MAX_FLOATS:
         raise FeatvisError(f"{rows} samples x {channels} channels exceed {MAX_FLOATS} floats; lower --samples")
     sampler = AtlasSampler(channels, rows, per_image, seed)
-    settings = {"model": model_fingerprint(fmodel), "layer": layer, "samples": samples, "seed": seed,
+    sampling = {"model": model_fingerprint(fmodel), "layer": layer, "samples": samples, "seed": seed,
                 "target": target_index, "images": images_digest(paths), "input_size": fmodel.input_size}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(sampling, sort_keys=True).encode()).hexdigest()
     checkpoint = path.with_name(f".{path.name}.ckpt")
     report = stream(paths, range(len(paths)), fmodel.input_size, _forward(fmodel, layer, target_index), sampler,
                     batch=batch, workers=workers, device=fmodel.mean.device, checkpoint=checkpoint, digest=digest,
@@ -216,7 +216,7 @@ def activation_atlas(
     else:
         weights = torch.ones(count)
     cells_yx = bin_cells(layout(vectors.numpy(), seed), grid)
-    atlas = _cells(fmodel, layer, vectors, labels, weights, cells_yx, grid, settings, render_batch, progress)
+    atlas = _cells(fmodel, layer, vectors, labels, weights, cells_yx, grid, pictures, render_batch, progress)
     atlas.summary.update({"layer": layer, "grid": grid, "samples": count, "images": report.read,
                           "skipped": [{"path": p, "error": e} for p, e in report.skipped],
                           "class": fmodel.label(target_index) if target_index is not None else None, "image": str(path)})

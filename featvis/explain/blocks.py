@@ -149,8 +149,9 @@ def explain(
     ``groups``: NMF groups (``seed`` fixes them); ``top``: channels in the semantic dictionary at
     ``position`` (row, column of the layer; default the strongest, largest activation norm);
     ``earlier``: layer whose groups are attributed to ``layer``'s ("auto": ``EARLIER_BLOCKS``
-    top-level blocks back, None: skip). Icons: rendered with ``settings`` (default `EXPLAIN_ICONS`: 80 px;
-    ``steps``, ``size``, ``seed`` and ``precision`` override its fields; the seed also fixes the NMF);
+    top-level blocks back, skipped where its activations go negative; None: skip). Icons: rendered
+    with ``settings`` (default `EXPLAIN_ICONS`: 80 px; ``steps``, ``size``, ``seed`` and ``precision``
+    override its fields; the seed also fixes the NMF);
     ``grid_step`` n renders every n-th grid position per axis (from n // 2, icons n units wide);
     ``icons=False`` skips rendering; ``batch`` goes to `featvis.optvis.render`.
     """
@@ -172,8 +173,10 @@ def explain(
         bar.update(1)
         earlier_layer = _earlier_layer(model, x, layer, earlier)
         before = flow = None
+        earlier_acts = layer_activations(model, x, earlier_layer) if earlier_layer is not None else None
+        if earlier == "auto" and earlier_acts is not None and bool((earlier_acts < 0).any()):
+            earlier_layer = None  # "auto" takes only a layer NMF can factor (after an activation)
         if earlier_layer is not None:
-            earlier_acts = layer_activations(model, x, earlier_layer)
             c1, h1, w1 = earlier_acts.shape
             before = _groups(model, x, earlier_layer, earlier_acts, min(groups, c1, h1 * w1), seed)
             flow = group_flow(model, x, earlier_layer, earlier_acts, before.nmf.W, before.nmf.H, layer, mine.directions)
@@ -219,7 +222,7 @@ def _groups(model: FeatvisModel, x: torch.Tensor, layer: str, acts: torch.Tensor
     c, h, w = acts.shape
     if bool((acts < 0).any()):
         after = _non_negative_after(model, x, layer)
-        hint = f"e.g. {after}, the first after it in {model.name} with none" if after else "a layer after an activation such as ReLU"
+        hint = f"e.g. {after}, the first layer after it in {model.name} that has none" if after else "a layer after an activation such as ReLU"
         raise FeatvisError(f"'{layer}' has negative activations, which NMF cannot factor; use a layer whose activations "
                            f"are never negative ({hint})")
     result = nmf(acts.reshape(c, h * w).T, k, seed=seed)
@@ -276,7 +279,7 @@ def _render_icons(model: FeatvisModel, result: Explanation, grid_step: int, sett
                  if float(result.acts[:, y, x].norm()) > 0]
     objectives += [_named(direction_neuron(layer, result.acts[:, y, x], cossim_pow=COSSIM_POW), f"{layer}@{y},{x}")
                    for y, x in positions]
-    results = render(model, objectives, settings, natural=False, **options)
+    results = render(model, objectives, settings, natural=False, strict=False, **options)  # a dead unit keeps its icon
     if len(results) != len(objectives) or any(r.interrupted for r in results):
         raise KeyboardInterrupt  # Ctrl-C while rendering: no half-made explanation
     images = [r.image for r in results]

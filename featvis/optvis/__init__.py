@@ -21,8 +21,8 @@ Names are imported from their modules on first use (``_EXPORTS``), so the comman
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._util.lazy import lazy_exports
+
 
 #: Public name -> the submodule that defines it (a module's own name: the module itself).
 _EXPORTS: dict[str, str] = {
@@ -44,19 +44,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use and keep the name (PEP 562)."""
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'featvis.optvis' has no attribute '{name}'")
-    module = importlib.import_module(f".{module_name}", __name__)
-    value = module if name == module_name else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = [

@@ -207,7 +207,8 @@ def render(
     maxima = [natural_max(model, o, scale, progress=progress) if natural and o.span == 1 else None for o in objectives]
     results: list[RenderResult] = []
     total = steps * len(chunks)
-    with keep_freed_memory(), progress_bar(total, "render", "steps", enabled=progress) as bar:
+    desc = "render" if len(chunks) == 1 else f"render ({len(chunks)} batches of {steps} steps)"  # never "64 steps" for 16
+    with keep_freed_memory(), progress_bar(total, desc, "steps", enabled=progress) as bar:
         counter = _Steps(bar, total, on_step)
         for chunk in chunks:
             results += _optimise(model, chunk, counter, plan)

@@ -1,0 +1,93 @@
+"""Ctrl-C (a real SIGINT) in the middle of a command's heavy work: exit code 130, one line on
+stderr, and the output an earlier run wrote stays byte for byte as it was (nothing half-made
+replaces it). `featvis render` is covered in test_hostile_input, galleries in test_gallery,
+examples in test_examples."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+NETS = '''
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Marked(nn.Module):
+    """conv + ReLU + a 3-class head, any input size; its 40th forward pass creates $FEATVIS_TEST_MARK (heavy
+    work has begun)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 40 and "FEATVIS_TEST_MARK" in os.environ:
+            Path(os.environ["FEATVIS_TEST_MARK"]).touch()
+        return self.head(self.relu(self.conv(x)))
+
+
+def marked():
+    return Marked()
+'''
+MAIN = "import sys; from featvis.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    (tmp_path / "nets.py").write_text(NETS)
+    Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    return tmp_path
+
+
+def _interrupted(project: Path, *argv: str) -> tuple[int, str]:
+    """Run featvis ``argv`` in a fresh process, SIGINT it once its model has run 40 forward passes."""
+    mark = project / "started"
+    mark.unlink(missing_ok=True)
+    process = subprocess.Popen([sys.executable, "-c", MAIN, *argv, "--quiet"], cwd=project, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "FEATVIS_TEST_MARK": str(mark)})
+    deadline = time.monotonic() + 240
+    while not mark.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=240)
+    return process.returncode, err
+
+
+def test_ctrl_c_during_explain_keeps_the_earlier_page(project):
+    page = project / "explain.html"
+    page.write_text("<p>an earlier explanation</p>")
+    code, err = _interrupted(project, "explain", "nets.py:marked", "photo.png", "--layer", "relu", "--groups", "2",
+                             "--input-size", "32", "--steps", "1000000000", "--size", "16", "-o", "explain.html")
+    assert code == 130, err
+    assert err == "featvis: interrupted\n"
+    assert page.read_text() == "<p>an earlier explanation</p>"
+    assert sorted(p.name for p in project.iterdir() if p.name.startswith("explain")) == ["explain.html"]
+
+
+def test_ctrl_c_during_circuit_keeps_the_earlier_figure(project):
+    figure = project / "circuit.png"
+    figure.write_bytes(b"an earlier figure")
+    code, err = _interrupted(project, "circuit", "nets.py:marked", "relu:1", "--from", "conv", "--k", "2",
+                             "--input-size", "32", "--steps", "1000000000", "--size", "16", "-o", "circuit.png")
+    assert code == 130, err
+    assert err == "featvis: interrupted\n"
+    assert figure.read_bytes() == b"an earlier figure"

@@ -102,3 +102,54 @@ def test_circuits_of_a_28_px_model():
     norms = model.net.conv2.weight.detach()[1].flatten(1).norm(dim=1)
     assert [c.channel for c in connections.inputs] == norms.argsort(descending=True)[:3].tolist()
     assert [c.strength for c in connections.inputs] == pytest.approx(norms.sort(descending=True).values[:3].tolist(), rel=1e-5)
+
+
+class GrayDigits(nn.Module):
+    """28 px grayscale input with its own normalisation (MNIST's 0.1307 / 0.3081), nn.ReLU modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(8 * 11 * 11, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.relu2(self.conv2(self.relu1(self.conv1(x)))), 1))
+
+
+def _gray_input(image: torch.Tensor) -> torch.Tensor:
+    """What the user's own pipeline feeds the net: luma (ITU-R BT.601, PIL's convert("L")), then normalised."""
+    luma = 0.299 * image[:, 0] + 0.587 * image[:, 1] + 0.114 * image[:, 2]
+    return ((luma - 0.1307) / 0.3081)[:, None]
+
+
+def test_a_grayscale_28_px_model_with_its_own_normalisation():
+    torch.manual_seed(0)
+    net = GrayDigits().eval()
+    model = featvis.as_model(net, input_size=28, mean=(0.1307,), std=(0.3081,))
+    assert model.grayscale  # its first convolution reads one channel
+    photo = torch.rand(3, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the photo as classify prepares it (ImageNet-style resize and centre crop, tested elsewhere)
+        expected = torch.softmax(net(_gray_input(model.prepare(photo).reshape(1, 3, 28, 28))), 1)[0]
+    ((index, _, prob), *_) = model.classify([photo], top=1)[0]
+    assert index == int(expected.argmax()) and prob == pytest.approx(float(expected.max()), rel=1e-5)
+    (result,) = featvis.render(model, ["fc:4"], steps=6, size=28, progress=False)
+    with torch.no_grad():
+        logit = net(_gray_input(resize(result.image[None], 28)))[0, 4]
+    assert result.activation == pytest.approx(float(logit), rel=1e-4, abs=1e-5)
+    # receptive field of relu2 against the support of autograd's gradient on the user's own module
+    field = featvis.receptive_field(model, "relu2")
+    x = torch.zeros(1, 1, 28, 28, requires_grad=True)
+    with torch.no_grad():
+        net.conv1.weight.data, saved = torch.ones_like(net.conv1.weight), net.conv1.weight.data.clone()
+    try:
+        out = net.conv2(net.conv1(x))  # linear path: support of the gradient = the field
+        out[0, 0, 5, 5].backward()
+    finally:
+        net.conv1.weight.data = saved
+    rows = x.grad[0, 0].abs().sum(1).nonzero().flatten()
+    assert field.size == (int(rows[-1] - rows[0] + 1),) * 2 == (7, 7) and field.stride == (2, 2)
+    with pytest.raises(featvis.FeatvisError, match="reads 1 input channel.*take 1 value"):
+        featvis.as_model(GrayDigits(), input_size=28, mean=(0.5, 0.5, 0.5), std=(0.5,))

@@ -38,8 +38,9 @@ def add_model_args(parser: argparse.ArgumentParser, model_optional: bool = False
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout (and nothing else)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress lines on stderr")
     parser.add_argument("--mean", type=_floats, metavar="R,G,B",
-                        help="input mean (RGB, for [0,1] images); user models only (built-in models know theirs)")
-    parser.add_argument("--std", type=_positive_floats, metavar="R,G,B", help="input std (RGB); user models only")
+                        help="input mean (RGB, for [0,1] images; one value for a grayscale model, whose first conv reads "
+                             "one channel); user models only (built-in models know theirs)")
+    parser.add_argument("--std", type=_positive_floats, metavar="R,G,B", help="input std (RGB, or one value); user models only")
 
 
 def add_out_arg(parser: argparse.ArgumentParser, required: bool = True, what: str = "figure file: .png, .svg or .pdf",
@@ -53,8 +54,8 @@ def _floats(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.485,0.456,0.406, got '{text}'") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three numbers (R,G,B), got {len(values)}")
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected three numbers (R,G,B), or one for a grayscale model, got {len(values)}")
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got '{text}'")
     return values

@@ -20,13 +20,17 @@ from .modes import analysis
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ITU-R BT.601 luma, as PIL's convert("L") and torchvision's Grayscale weigh R, G, B.
+LUMA = (0.299, 0.587, 0.114)
 
 
 class FeatvisModel(nn.Module):
     """A network plus its input convention; ``forward`` takes RGB in [0, 1], shape [N, 3, H, W].
 
     ``net`` sees ``(flip_to_bgr(x) * scale - mean) / std``, or ``preprocess(x)`` when a
-    preprocessing callable is given. ``aliases`` maps extra layer names to module paths of
+    preprocessing callable is given. A grayscale network (``grayscale``; by default: its first
+    convolution reads one channel, as an MNIST CNN's does) sees the image's luma (`LUMA`) instead,
+    normalised by a one-value ``mean``/``std`` (default 0 and 1: the [0, 1] of ``ToTensor()``). ``aliases`` maps extra layer names to module paths of
     ``net`` (e.g. ``mixed4a`` -> ``inception4a``). ``concats`` names layers that no module
     outputs: the concatenation along channels of several modules' outputs (e.g. Lucid's
     ``mixed4a_pre_relu``, the four branches of ``inception4a`` before their ReLUs); probes and
@@ -39,16 +43,24 @@ class FeatvisModel(nn.Module):
         *,
         name: str = "model",
         input_size: int = 224,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         bgr: bool = False,
         scale: float = 1.0,
         labels: Sequence[str] | None = None,
         aliases: Mapping[str, str] | None = None,
         concats: Mapping[str, Sequence[str]] | None = None,
         preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        grayscale: bool | None = None,
     ):
         super().__init__()
+        self.grayscale = _reads_one_channel(net) if grayscale is None else bool(grayscale)
+        mean = (0.0,) if self.grayscale and mean is None else mean if mean is not None else IMAGENET_MEAN
+        std = (1.0,) if self.grayscale and std is None else std if std is not None else IMAGENET_STD
+        channels = 1 if self.grayscale else 3
+        if len(mean) != channels or len(std) != channels:
+            raise FeatvisError(f"{name} reads {channels} input channel(s), so mean and std take {channels} value(s) each, "
+                               f"got {len(mean)} and {len(std)}")
         self.net = net
         self.name = name
         self.input_size = int(input_size)
@@ -79,6 +91,8 @@ class FeatvisModel(nn.Module):
             return self.preprocess(x)
         if self.bgr:
             x = x.flip(1)
+        if self.grayscale:
+            x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
         return (x * self.scale - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +181,12 @@ def prepare_image(image: torch.Tensor, size: int) -> torch.Tensor:
     return image[..., top : top + size, left : left + size].clamp(0, 1)
 
 
+def _reads_one_channel(net: nn.Module) -> bool:
+    """Whether the first convolution of ``net`` (in definition order) reads a single channel."""
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    return first is not None and first.in_channels == 1
+
+
 def as_model(model: nn.Module, **kwargs) -> FeatvisModel:
     """Accept a FeatvisModel or any nn.Module (wrapped with ImageNet normalisation unless told)."""
     if not isinstance(model, nn.Module):
@@ -180,7 +200,7 @@ def model_fingerprint(model: FeatvisModel) -> str:
     digest.update(repr(model.net).encode())
     for tensor in (model.mean, model.std):
         digest.update(tensor.detach().cpu().numpy().tobytes())
-    digest.update(f"{model.bgr}|{model.scale}|{model.input_size}".encode())
+    digest.update(f"{model.bgr}|{model.scale}|{model.input_size}".encode() + (b"|gray" if model.grayscale else b""))
     for name, tensor in model.net.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

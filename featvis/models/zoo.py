@@ -203,6 +203,11 @@ def load_model(
         raise FeatvisError(
             f"unknown model '{spec}'; use one of {', '.join(BUILTIN)}, torchvision:NAME, pkg.module:factory or file.py:factory"
         )
+    channels = 1 if model.grayscale else 3
+    for what, value in (("mean", mean), ("std", std)):
+        if value is not None and len(value) != channels:
+            raise FeatvisError(f"{model.name} reads {channels} input channel(s) ({'grayscale' if channels == 1 else 'RGB'}), so "
+                               f"--{what} takes {channels} value(s), got {len(value)}")
     if mean is not None:
         model.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     if std is not None:

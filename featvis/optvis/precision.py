@@ -92,6 +92,12 @@ def compute_dtype(precision: str, model: FeatvisModel) -> torch.dtype:
     raise FeatvisError(f"{model.name} cannot run in bfloat16 here ({problem}); use precision float32 (--precision float32)")
 
 
+def _probe_image(model: FeatvisModel) -> torch.Tensor:
+    """A random [1, 3, S, S] image from a private generator: a check never moves the user's random state."""
+    noise = torch.rand(1, 3, model.input_size, model.input_size, generator=torch.Generator().manual_seed(0))
+    return noise.to(model.mean.device)
+
+
 _FORMATS: "weakref.WeakKeyDictionary[FeatvisModel, torch.memory_format]" = weakref.WeakKeyDictionary()
 
 
@@ -101,7 +107,7 @@ def memory_format(model: FeatvisModel) -> torch.memory_format:
     (every MNIST tutorial) fails on channels-last activations, and a speed trick must never change what
     the user's code sees: such a model takes the plain path. Tried once per model, by one forward pass."""
     if model not in _FORMATS:
-        x = torch.rand(1, 3, model.input_size, model.input_size, device=model.mean.device)
+        x = _probe_image(model)
         try:
             with frozen(model, torch.float32, torch.channels_last), torch.no_grad():
                 model(x.contiguous(memory_format=torch.channels_last))
@@ -118,7 +124,7 @@ def _bfloat16_problem(model: FeatvisModel) -> str | None:
     """Why ``model`` cannot run forward and backward in bfloat16 (the first line of the error), or
     None; found by one pass on a random input, once per model."""
     if model not in _BFLOAT16_PROBLEMS:
-        x = torch.rand(1, 3, model.input_size, model.input_size, device=model.mean.device, requires_grad=True)
+        x = _probe_image(model).requires_grad_()
         try:
             with frozen(model, torch.bfloat16), fast_layers(model):
                 out = model(x.to(torch.bfloat16, memory_format=memory_format(model)))

@@ -181,10 +181,11 @@ def render(
     if keep[0] < 0 or keep[-1] > steps:
         raise FeatvisError(f"thresholds must lie in 0..{steps} (the number of steps), got {list(thresholds or ())}")
     layers = [layer for o in objectives for layer in o.layers if layer != INPUT]
-    scale = _scale(model, layers, settings.size)
     dtype = compute_dtype(settings.precision, model)
     chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
-    check_render_fits(model, layers, max(sum(o.span for o, _ in chunk) for chunk in chunks), settings.size, scale, dtype)
+    check_render_fits(model, layers, max(sum(o.span for o, _ in chunk) for chunk in chunks), settings.size,
+                      max(settings.size, model.input_size), dtype)  # before anything is run at that size
+    scale = _scale(model, layers, settings.size)
     shapes = layer_shapes(model, layers, scale)
     for objective in objectives:
         objective.check(shapes)

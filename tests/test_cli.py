@@ -44,7 +44,8 @@ def test_layers_json_needs_no_weights(offline, capsys):
     code, out, _ = _run(capsys, "layers", "inceptionv1", "--json")
     rows = {row["name"]: row for row in json.loads(out)}
     assert code == 0
-    assert rows["inception4a"] == {"name": "inception4a", "type": "Inception", "output_shape": [512, 14, 14], "aliases": ["mixed4a"]}
+    assert rows["inception4a"] == {"name": "inception4a", "type": "Inception", "output_shape": [512, 14, 14], "aliases": ["mixed4a"],
+                                   "calls": 1}
     assert rows["conv1"]["aliases"] == ["conv2d0"] and rows["fc"]["output_shape"] == [1000]
     code, out, _ = _run(capsys, "layers", "inceptionv1", "--json", "--input-size", "128")
     assert {row["name"]: row for row in json.loads(out)}["inception4a"]["output_shape"] == [512, 8, 8]
@@ -56,7 +57,7 @@ def test_layers_lists_concat_layers_after_their_last_part(weights_dir, capsys):
     names = [row["name"] for row in json.loads(out)]
     row = json.loads(out)[names.index("mixed4a_pre_relu")]
     assert code == 0 and row == {"name": "mixed4a_pre_relu", "type": "Concat", "output_shape": [512, 14, 14], "aliases": [],
-                                 "concat": parts}
+                                 "concat": parts, "calls": 1}
     assert names[names.index("mixed4a_pre_relu") - 1] == parts[-1]
     code, out, _ = _run(capsys, "layers", "inceptionv1")
     (line,) = [line for line in out.splitlines() if line.startswith("mixed4a_pre_relu ")]
@@ -106,4 +107,4 @@ def test_console_script_exit_codes_without_traceback(tmp_path):
     assert bad.stderr.strip() == f"featvis: error: image not found: {tmp_path / 'nope.jpg'}; check the path"
     ok = _featvis("layers", "torchvision:resnet18", "--json", "--input-size", "64")
     assert ok.returncode == 0
-    assert {"name": "layer4", "type": "Sequential", "output_shape": [512, 2, 2], "aliases": []} in json.loads(ok.stdout)
+    assert {"name": "layer4", "type": "Sequential", "output_shape": [512, 2, 2], "aliases": [], "calls": 1} in json.loads(ok.stdout)

@@ -490,3 +490,38 @@ def test_registered_rule_makes_a_custom_layer_exact():
         register_rule(_UnfoldPool, None)
     with pytest.raises(featvis.FeatvisError, match="nn.Module subclass"):
         register_rule(int, lambda module: POINTWISE)
+
+
+def test_a_concat_layer_sees_the_union_of_its_parts():
+    """A concat layer of two branches (3x3 and 5x5 convolutions, stride 2 after a shared stem): each unit's
+    field is the box of input pixels any of its channels depends on, measured by the support of autograd's
+    gradient of all its channels at one unit; channels add up."""
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+            self.a = nn.Conv2d(4, 5, 3, padding=1)
+            self.b = nn.Conv2d(4, 6, 5, padding=2)
+
+        def forward(self, x):
+            s = self.stem(x)
+            return torch.cat([self.a(s), self.b(s)], 1)
+
+    net = Branches()
+    model = featvis.FeatvisModel(net, input_size=40, concats=OrderedDict(both=("a", "b")))
+    (field,) = featvis.receptive_fields(model, ["both"])
+    assert field.output_shape == (11, 20, 20)
+    x = torch.zeros(1, 3, 40, 40, requires_grad=True)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.constant_(module.weight, 1.0)
+    net(x)[0, :, 10, 10].sum().backward()
+    rows = x.grad[0].abs().sum((0, 2)).nonzero().flatten()
+    cols = x.grad[0].abs().sum((0, 1)).nonzero().flatten()
+    box = field.region((10, 10))
+    assert (box.y0, box.y1, box.x0, box.x1) == (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    assert field.size == (11, 11) and field.stride == (2, 2)

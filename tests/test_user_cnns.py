@@ -153,3 +153,28 @@ def test_a_grayscale_28_px_model_with_its_own_normalisation():
     assert field.size == (int(rows[-1] - rows[0] + 1),) * 2 == (7, 7) and field.stride == (2, 2)
     with pytest.raises(featvis.FeatvisError, match="reads 1 input channel.*take 1 value"):
         featvis.as_model(GrayDigits(), input_size=28, mean=(0.5, 0.5, 0.5), std=(0.5,))
+
+
+def test_layers_say_which_module_runs_more_than_once(capsys):
+    """One ReLU module shared by three blocks: `featvis layers` counts its calls as a forward hook does,
+    and says its shape is the first call's."""
+    from featvis.core.layer_table import layer_table
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = nn.ReLU()
+            self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 5, 3), nn.Conv2d(5, 6, 3)
+
+        def forward(self, x):
+            return self.act(self.conv3(self.act(self.conv2(self.act(self.conv1(x))))))
+
+    net = Shared()
+    seen = []
+    handle = net.act.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:])))
+    try:
+        rows = {row["name"]: row for row in layer_table(featvis.as_model(net, input_size=16))}
+    finally:
+        handle.remove()
+    assert rows["act"]["calls"] == len(seen) == 3 and rows["conv2"]["calls"] == 1
+    assert tuple(rows["act"]["output_shape"]) == seen[0] == (4, 14, 14)

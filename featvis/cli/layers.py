@@ -1,5 +1,6 @@
 """`featvis layers MODEL`: every addressable layer with its type and output shape; concat layers
-(e.g. ``mixed4a_pre_relu``) name the modules whose outputs they join."""
+(e.g. ``mixed4a_pre_relu``) name the modules whose outputs they join, and a module called more than
+once per forward pass (one activation module shared by every block) says so."""
 
 from __future__ import annotations
 
@@ -27,5 +28,7 @@ def run(args: argparse.Namespace) -> int:
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
         aliases = f"  ({', '.join(row['aliases'])})" if row["aliases"] else ""
         parts = f"  (concat of {' + '.join(row['concat'])})" if "concat" in row else ""
-        print(printable(f"{printable(row['name']):<{width}}  {row['type']:<18} {shape}{aliases}{parts}"))
+        calls = f"  (called {row['calls']} times per forward pass; shape of the first call, which analyses use)" \
+            if row["calls"] > 1 and "concat" not in row else ""
+        print(printable(f"{printable(row['name']):<{width}}  {row['type']:<18} {shape}{aliases}{parts}{calls}"))
     return 0

@@ -11,18 +11,23 @@ from ..models.wrapper import FeatvisModel
 
 @torch.no_grad()
 def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict]:
-    """One row per addressable layer: ``{"name", "type", "output_shape": [C, H, W] | None, "aliases"}``.
+    """One row per addressable layer: ``{"name", "type", "output_shape": [C, H, W] | None, "aliases",
+    "calls"}``.
 
-    Shapes are measured by one forward pass of a blank image of ``input_size`` pixels. A concat
+    Shapes are measured by one forward pass of a blank image of ``input_size`` pixels (a module called
+    several times in it, such as one activation module shared by every block, shows its first call's
+    shape, which is what featvis's analyses of that layer see; ``calls`` says how many there were). A concat
     layer (``model.concats``) gets type ``Concat`` and ``"concat"``, its parts' module paths; it is
     listed after its last part.
     """
     size = input_size or model.input_size
     shapes: dict[str, list[int]] = {}
+    calls: dict[str, int] = {}
     handles = []
 
     def record(path: str):
         def hook(module: nn.Module, inputs, output) -> None:
+            calls[path] = calls.get(path, 0) + 1
             if isinstance(output, torch.Tensor) and path not in shapes:
                 shapes[path] = list(output.shape[1:])
 
@@ -41,12 +46,14 @@ def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict
         for handle in handles:
             handle.remove()
     rows = [
-        {"name": path, "type": type(module).__name__, "output_shape": shapes.get(path), "aliases": model.aliases_of(path)}
+        {"name": path, "type": type(module).__name__, "output_shape": shapes.get(path), "aliases": model.aliases_of(path),
+         "calls": calls.get(path, 0)}
         for path, module in model.net.named_modules()
         if path
     ]
     rows += [{"name": name, "type": "Concat", "output_shape": _concat_shape([shapes.get(path) for path in parts]),
-              "aliases": [], "concat": list(parts)} for name, parts in model.concats.items()]
+              "aliases": [], "concat": list(parts), "calls": min(calls.get(path, 0) for path in parts)}
+             for name, parts in model.concats.items()]
     order = {path: index for index, path in enumerate(model.layer_names())}
     return sorted(rows, key=lambda row: (max(order[path] for path in row.get("concat", [row["name"]])), "concat" in row))
 

@@ -167,3 +167,36 @@ class ReceptiveField:
             "global": self.is_global,
             "unanalysed": list(self.unanalysed),
         }
+
+
+def union_field(layer: str, parts: Sequence[ReceptiveField]) -> ReceptiveField:
+    """The field of a layer that joins ``parts`` along channels (a concat layer such as GoogLeNet's
+    ``mixed3a_pre_relu``): the same units, each seeing the union of what its parts' units see.
+    Parts must share the map size; parts with different strides (or unknown fields) leave it unanalysed."""
+    shapes_hw = {part.output_shape[1:] for part in parts}
+    if len(shapes_hw) != 1:
+        raise FeatvisError(f"the parts of '{layer}' have different map sizes ({', '.join(f'{h}x{w}' for h, w in shapes_hw)}); "
+                           "a concatenation along channels needs one")
+    channels = sum(part.output_shape[0] for part in parts)
+    first = parts[0]
+    output_shape = (channels, *first.output_shape[1:])
+    problems = tuple(name for part in parts for name in part.unanalysed)
+    if not problems and len({part.stride for part in parts}) > 1:
+        problems = (f"its parts have different strides ({', '.join(str(part.stride) for part in parts)})",)
+    spans = tuple(tuple((min(unit[0] for unit in units), max(unit[1] for unit in units)) for units in zip(*axes))
+                  for axes in zip(*(part.spans for part in parts))) if all(part.spans for part in parts) else ()
+    if problems:
+        return ReceptiveField(layer, layer, None, None, None, False, output_shape, None, first.input_size, problems, spans)
+    lo = [min(-part.padding[a] for part in parts) for a in (0, 1)]
+    hi = [max(part.size[a] - 1 - part.padding[a] for part in parts) for a in (0, 1)]
+    return ReceptiveField(
+        layer, layer,
+        size=(hi[0] - lo[0] + 1, hi[1] - lo[1] + 1),
+        stride=first.stride,
+        padding=(-lo[0], -lo[1]),
+        aligned=all(part.aligned for part in parts),
+        output_shape=output_shape,
+        center0=((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2),
+        input_size=first.input_size,
+        spans=spans,
+    )

@@ -39,7 +39,7 @@ from ..core import shapes
 from ..models.modes import analysis, eval_mode
 from ..models.wrapper import FeatvisModel, as_model
 from .field import _Axis, _Local, _Merged, _Op, _tensors, _Unknown
-from .result import ReceptiveField
+from .result import ReceptiveField, union_field
 from .rules import _MODULE_RULES, _RULES, _module_rule, _op_name
 
 
@@ -214,17 +214,21 @@ def receptive_fields(
     model = as_model(model)
     size = shapes.positive_pair(input_size if input_size is not None else model.input_size, "input size")
     names = list(layers) if layers is not None else None
-    paths = [model.resolve(name) for name in names] if names is not None else None
+    # a concat layer (model.concats) is the union of its parts' fields; every other name is one module
+    paths = [model.concats.get(name) or (model.resolve(name),) for name in names] if names is not None else None
     records = _trace(model, size)
     if names is None:
-        names = paths = [path for path in model.layer_names() if path in records]
-    missing = [name for name, path in zip(names, paths) if path not in records]
+        names = [path for path in model.layer_names() if path in records]
+        paths = [(path,) for path in names]
+    missing = [name for name, parts in zip(names, paths) if any(path not in records for path in parts)]
     if missing:
         raise FeatvisError(
             f"layer(s) {', '.join(missing)} did not run (or did not output a tensor) in a forward pass of {model.name}; "
             "choose layers the model uses"
         )
-    return [_result(name, path, *records[path], size) for name, path in zip(names, paths)]
+    return [_result(name, parts[0], *records[parts[0]], size) if len(parts) == 1 and name not in model.concats
+            else union_field(name, [_result(path, path, *records[path], size) for path in parts])
+            for name, parts in zip(names, paths)]
 
 
 @analysis

@@ -59,6 +59,7 @@ class ModelInfo:
         fields: dict[str, ReceptiveField] = {}
         try:
             fields = {f.path: f for f in receptive_fields(model)}
+            fields |= {f.layer: f for f in receptive_fields(model, list(model.concats))}  # the union of their parts'
         except FeatvisError:
             pass  # a graph the tracer cannot follow: the table shows no fields
         self.rows: list[Row] = []
@@ -66,8 +67,7 @@ class ModelInfo:
             aliases = tuple(entry["aliases"])
             shape = tuple(entry["output_shape"]) if entry["output_shape"] else None
             name = aliases[0] if aliases else entry["name"]
-            self.rows.append(Row(name, entry["name"], entry["type"], shape, aliases,
-                                 None if "concat" in entry else fields.get(entry["name"])))
+            self.rows.append(Row(name, entry["name"], entry["type"], shape, aliases, fields.get(entry["name"])))
         self._by_name: dict[str, Row] = {}
         for row in self.rows:
             for key in (row.name, row.path, *row.aliases):

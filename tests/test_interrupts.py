@@ -18,6 +18,7 @@ from PIL import Image
 
 NETS = '''
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ class Marked(nn.Module):
         self.calls = 0
 
     def forward(self, x):
+        time.sleep(float(os.environ.get("FEATVIS_TEST_SLEEP", "0")))
         self.calls += 1
         if self.calls == 40 and "FEATVIS_TEST_MARK" in os.environ:
             Path(os.environ["FEATVIS_TEST_MARK"]).touch()
@@ -56,13 +58,14 @@ def project(tmp_path) -> Path:
     return tmp_path
 
 
-def _interrupted(project: Path, *argv: str) -> tuple[int, str]:
-    """Run featvis ``argv`` in a fresh process, SIGINT it once its model has run 40 forward passes."""
+def _interrupted(project: Path, *argv: str, sleep: float = 0.0) -> tuple[int, str]:
+    """Run featvis ``argv`` in a fresh process, SIGINT it once its model has run 40 forward passes (each
+    ``sleep`` seconds longer, for commands whose whole work is only a few hundred passes)."""
     mark = project / "started"
     mark.unlink(missing_ok=True)
     process = subprocess.Popen([sys.executable, "-c", MAIN, *argv, "--quiet"], cwd=project, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "FEATVIS_TEST_MARK": str(mark)})
+                               env={**os.environ, "FEATVIS_TEST_MARK": str(mark), "FEATVIS_TEST_SLEEP": str(sleep)})
     deadline = time.monotonic() + 240
     while not mark.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -88,6 +91,16 @@ def test_ctrl_c_during_circuit_keeps_the_earlier_figure(project):
     figure.write_bytes(b"an earlier figure")
     code, err = _interrupted(project, "circuit", "nets.py:marked", "relu:1", "--from", "conv", "--k", "2",
                              "--input-size", "32", "--steps", "1000000000", "--size", "16", "-o", "circuit.png")
+    assert code == 130, err
+    assert err == "featvis: interrupted\n"
+    assert figure.read_bytes() == b"an earlier figure"
+
+
+def test_ctrl_c_during_a_saliency_sanity_check_keeps_the_earlier_figure(project):
+    figure = project / "saliency.png"
+    figure.write_bytes(b"an earlier figure")
+    code, err = _interrupted(project, "saliency", "nets.py:marked", "photo.png", "--method", "ig", "--steps", "300",
+                             "--internal-batch-size", "1", "--sanity", "--input-size", "32", "-o", "saliency.png", sleep=0.01)
     assert code == 130, err
     assert err == "featvis: interrupted\n"
     assert figure.read_bytes() == b"an earlier figure"

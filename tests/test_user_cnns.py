@@ -178,3 +178,11 @@ def test_layers_say_which_module_runs_more_than_once(capsys):
         handle.remove()
     assert rows["act"]["calls"] == len(seen) == 3 and rows["conv2"]["calls"] == 1
     assert tuple(rows["act"]["output_shape"]) == seen[0] == (4, 14, 14)
+
+
+def test_integrated_gradients_steps_are_bounded():
+    """captum's Gauss-Legendre nodes for n steps build an n x n matrix (74.5 GiB at 100,000, measured as a
+    MemoryError): the request is refused in one line before anything is allocated."""
+    model = _digits("module")
+    with pytest.raises(featvis.FeatvisError, match="integrated gradients takes 1 to 4096 steps, got 100000"):
+        featvis.saliency(model, torch.rand(3, 28, 28), "ig", steps=100_000)

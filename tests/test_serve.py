@@ -247,6 +247,31 @@ def test_bad_input_answers_4xx_pages_naming_the_problem(server):
     assert server.get("/")[0] == 200  # still serving
 
 
+def test_only_its_own_pages_drive_the_server(server):
+    """DNS rebinding: a request naming another host is refused (421), whatever the path; a state-changing
+    request from another origin is refused (403) before it queues anything; the server's own origin, and
+    loopback names, work; every answer carries the security headers."""
+    port = server.url.rsplit(":", 1)[1]
+    calls = server.json("/api/stats")["render_calls"]
+    for path in ("/", "/layer/conv2/0", "/api/stats"):
+        status, body, _ = server.get(path, headers={"Host": f"attacker.example:{port}"})
+        assert status == 421 and b"does not answer to host 'attacker.example'" in body
+    assert server.get("/", headers={"Host": f"localhost:{port}"})[0] == 200
+    for hostile in ({"Origin": "http://attacker.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Origin": f"http://localhost:{int(port) + 1}"}):
+        status, body, _ = server.get("/api/enqueue/conv3/7", data=b"", headers=hostile)
+        assert status == 403 and b"cross-origin" in body, hostile
+        photo, headers = multipart("photo", "x.png", b"not an image")
+        assert server.get("/photo", data=photo, headers={**headers, **hostile})[0] == 403
+    assert server.json("/api/stats")["render_calls"] == calls
+    status, _, headers = server.get("/api/enqueue/conv3/7", data=b"", headers={"Origin": server.url, "Sec-Fetch-Site": "same-origin"})
+    assert status == 200
+    status, _, headers = server.get("/")
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert lower["x-content-type-options"] == "nosniff" and lower["x-frame-options"] == "SAMEORIGIN"
+    assert "frame-ancestors 'self'" in lower["content-security-policy"] and lower["referrer-policy"] == "same-origin"
+
+
 def test_pages_escape_names_from_the_model(server):
     status, body, _ = server.get("/")
     page = body.decode()

@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--images", metavar="SOURCE", help="photo collection for dataset examples (a folder or a text file of paths)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port, printed at start)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests for this host name (by default only the bound address and loopback "
+                             "names: other names are refused, against DNS rebinding); repeatable")
     parser.add_argument("--cache", metavar="DIR", help="picture cache (default $FEATVIS_CACHE_DIR/serve); a gallery folder works")
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="decoding worker processes of the dataset-examples pass (default 2; 0: decode in its process)")
@@ -119,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     options = ServeOptions(cache=cache, images=args.images, render=settings, batch=args.batch, window=args.window_ms / 1000,
                            diversity=args.diversity, circuits=args.circuits, k=args.k, workers=args.workers,
                            upload_mb=args.max_upload_mb, explain_layer=args.explain_layer, explain_steps=args.explain_steps,
-                           explain_groups=args.explain_groups, model_args=_model_args(args))
+                           explain_groups=args.explain_groups, model_args=_model_args(args), host=args.host,
+                           allow_hosts=args.allow_host)
     server = Server(model, aux, options)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -19,6 +19,7 @@ from ..optvis.settings import RenderSettings
 from .analyses import Circuits, PhotoSettings, analyse_photo, effective_field
 from .app import build_app, decode_upload, photo_id_of
 from .cache import PictureCache
+from .guard import HostGuard, allowed_hosts
 from .layout import CacheLayout
 from .jobs import Task, Tasks, examples_command, run_examples
 from .queue import RenderQueue
@@ -46,6 +47,8 @@ class ServeOptions:
     explain_steps: int = 0  # icons of the explanation: 0 gives the numbers and maps only, in seconds
     explain_groups: int = 4
     model_args: Sequence[str] = field(default_factory=list)  # the model options again, for `featvis examples`
+    host: str = "127.0.0.1"  # the address it is bound to: requests must name it (or a loopback name, or allow_hosts)
+    allow_hosts: Sequence[str] = ()
 
 
 class Sections:
@@ -137,7 +140,8 @@ class Server:
         explain = PhotoSettings(options.explain_layer or _default_explain_layer(info), options.explain_steps,
                                 EXPLAIN_ICON_PX, options.explain_groups, options.render.seed, options.render.precision)
         self.photos = Photos(aux, self.cache.layout, tasks, explain, options.upload_mb)
-        self.app = build_app(info, self.queue, self.cache, self.sections, self.photos)
+        self.app = HostGuard(build_app(info, self.queue, self.cache, self.sections, self.photos),
+                             allowed_hosts(options.host, options.allow_hosts), options.host)
 
 
 def _default_explain_layer(info: ModelInfo) -> str:

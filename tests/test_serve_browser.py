@@ -22,6 +22,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary: install Debian's chromium (apt-get install chromium)")
 TIMEOUT_MS = 60_000
 
+LOADED_JS = "img => img.complete && img.naturalWidth > 0"  # data-done is set before the browser has the file
 PIXELS_JS = """img => {
   const canvas = document.createElement("canvas");
   canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
@@ -53,6 +54,7 @@ def test_unit_page_shows_the_picture_featvis_render_makes_and_circuit_links_work
     answer = page.goto(serve.url + "/layer/conv3/4")
     assert answer.status == 200 and 'class="pending"' in answer.text()  # answered before the render, with a placeholder
     img = page.wait_for_selector("#picture-positive img[data-done]", timeout=TIMEOUT_MS)
+    page.wait_for_function(LOADED_JS, arg=img, timeout=TIMEOUT_MS)
     shown = np.array(img.evaluate(PIXELS_JS), dtype=np.uint8).reshape(48, 48, 4)[..., :3]
     state = serve.json(f"/api/picture/{img.get_attribute('data-done')}")
     expected = cli_render(project, state["meta"]["batch"], tmp_path)

@@ -151,8 +151,30 @@ def test_a_grayscale_28_px_model_with_its_own_normalisation():
         net.conv1.weight.data = saved
     rows = x.grad[0, 0].abs().sum(1).nonzero().flatten()
     assert field.size == (int(rows[-1] - rows[0] + 1),) * 2 == (7, 7) and field.stride == (2, 2)
-    with pytest.raises(featvis.FeatvisError, match="reads 1 input channel.*take 1 value"):
-        featvis.as_model(GrayDigits(), input_size=28, mean=(0.5, 0.5, 0.5), std=(0.5,))
+    with pytest.raises(featvis.FeatvisError, match=r"reads 1 input channel.*take 1 value\(s\) each, got 1 and 3"):
+        featvis.as_model(GrayDigits(), input_size=28, mean=(0.5,), std=(0.5, 0.5, 0.5))
+    assert featvis.as_model(GrayDigits(), input_size=28).grayscale  # no mean/std: it refuses RGB, so it reads luma
+
+
+def test_a_net_that_turns_rgb_into_one_channel_itself_takes_rgb():
+    """Its first convolution reads one channel, but its forward averages the colours first: featvis
+    feeds it RGB, as its own code expects, and the result equals the plain module's."""
+
+    class Mono(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x.mean(1, keepdim=True))
+
+    torch.manual_seed(0)
+    net = Mono()
+    model = featvis.as_model(net, input_size=16)
+    assert not model.grayscale and net.training  # the trial forward left the module's mode alone
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(featvis.capture(model, x, ["conv"])["conv"], net(model.normalize(x)))
 
 
 def test_layers_say_which_module_runs_more_than_once(capsys):

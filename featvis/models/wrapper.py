@@ -54,7 +54,7 @@ class FeatvisModel(nn.Module):
         grayscale: bool | None = None,
     ):
         super().__init__()
-        self.grayscale = _reads_one_channel(net) if grayscale is None else bool(grayscale)
+        self.grayscale = _reads_one_channel(net, input_size, mean, std) if grayscale is None else bool(grayscale)
         mean = (0.0,) if self.grayscale and mean is None else mean if mean is not None else IMAGENET_MEAN
         std = (1.0,) if self.grayscale and std is None else std if std is not None else IMAGENET_STD
         channels = 1 if self.grayscale else 3
@@ -181,10 +181,28 @@ def prepare_image(image: torch.Tensor, size: int) -> torch.Tensor:
     return image[..., top : top + size, left : left + size].clamp(0, 1)
 
 
-def _reads_one_channel(net: nn.Module) -> bool:
-    """Whether the first convolution of ``net`` (in definition order) reads a single channel."""
+def _reads_one_channel(net: nn.Module, size: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> bool:
+    """Whether ``net`` takes one-channel (grayscale) images: its first convolution (in definition order)
+    reads one channel and a one-value mean/std says so, or, with neither given, the net refuses a
+    three-channel image (a net that turns RGB into one channel itself takes RGB). The trial runs in
+    eval mode without gradients and puts every module's mode back."""
     first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
-    return first is not None and first.in_channels == 1
+    if first is None or first.in_channels != 1:
+        return False
+    given = [len(v) for v in (mean, std) if v is not None]
+    if given:
+        return given[0] == 1
+    modes = [(module, module.training) for module in net.modules()]
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, int(size), int(size), device=first.weight.device, dtype=first.weight.dtype))
+        return False
+    except Exception:  # noqa: BLE001 (any failure of the user's code on RGB: it wants one channel)
+        return True
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def as_model(model: nn.Module, **kwargs) -> FeatvisModel:

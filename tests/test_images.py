@@ -54,3 +54,19 @@ def test_bad_images_give_one_line_errors(tmp_path):
     good.write_bytes(good.read_bytes()[:200])
     with pytest.raises(featvis.FeatvisError, match="cannot read image"):
         load_image(good)
+
+
+def test_a_huge_photo_is_shrunk_while_decoding(tmp_path):
+    """load_image(max_side=...): a 4096x1024 photo comes back 2048x512, close to PIL's own resize of the
+    full-size pixels (mean difference under 1/255), without ever holding the full float image."""
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:1024, 0:4096]
+    array = np.stack([(xx / 16) % 256, (yy / 4) % 256, rng.integers(0, 256, (1024, 4096))], -1).astype(np.uint8)
+    PILImage.fromarray(array).save(tmp_path / "wide.png")
+    small = featvis.load_image(tmp_path / "wide.png", max_side=2048)
+    assert tuple(small.shape) == (3, 512, 2048)
+    reference = np.asarray(PILImage.fromarray(array).resize((2048, 512), PILImage.Resampling.BICUBIC), dtype=np.float32) / 255
+    assert float(np.abs(small.permute(1, 2, 0).numpy() - reference).mean()) < 1 / 255
+    assert tuple(featvis.load_image(tmp_path / "wide.png").shape) == (3, 1024, 4096)  # no max_side: as it is

@@ -49,6 +49,15 @@ def _set(keep: bool) -> None:
         libc.mallopt(M_TRIM_THRESHOLD, NEVER if keep else 2 * HEAP_BLOCK)
 
 
+def give_back_memory() -> None:
+    """Hand free heap memory back to the system now (after a one-off large allocation such as a huge
+    photo's pixels), unless a `keep_freed_memory` block is running."""
+    libc = _glibc()
+    with _lock:
+        if libc is not None and _depth == 0:
+            libc.malloc_trim(0)
+
+
 @contextlib.contextmanager
 def keep_freed_memory(give_back: bool = True) -> Iterator[bool]:
     """Within the block (nestable, process-wide) freed memory is reused instead of returned to the

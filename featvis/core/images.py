@@ -115,8 +115,11 @@ def _open(file: Path) -> Iterator[Image.Image]:
         yield image
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as a float tensor [3, H, W] with RGB values in [0, 1] (at most `max_pixels`)."""
+def load_image(path: str | os.PathLike, max_side: int | None = None) -> torch.Tensor:
+    """Read an image file as a float tensor [3, H, W] with RGB values in [0, 1] (at most `max_pixels`).
+
+    ``max_side``: shrink a larger image while decoding (JPEG's DCT scaling, then PIL's box reduction on
+    8-bit pixels), so that a huge photo never becomes a huge float tensor."""
     file = Path(path)
     if file.is_dir():
         raise FeatvisError(f"{file} is a folder, not an image; give an image file (PNG, JPEG, ...)")
@@ -131,6 +134,9 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
                 raise FeatvisError(
                     f"image {file} is {width}x{height} pixels, more than featvis reads ({limit} pixels); "
                     f"downscale it, or raise the limit with {PIXELS_ENV}=N if memory allows")
+            if max_side is not None and max(width, height) > max_side:
+                image.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+                image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
             image.load()
             return pil_to_tensor(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:

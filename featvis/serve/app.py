@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_bytes
+from .._util.heap import give_back_memory
 from ..core.images import load_image
 from . import pages
 from .jobs import example_file
@@ -44,6 +45,7 @@ _HEX = re.compile(r"^[0-9a-f]{16,64}$")
 _PICTURE = re.compile(r"^layers/[A-Za-z0-9_-]{1,80}/img/[A-Za-z0-9_.-]{1,120}\.png$")
 _PHOTO_FILES = {"input.png": "image/png", "saliency.png": "image/png", "explain.html": "text/html; charset=utf-8"}
 MAX_STATUS_KEYS = 2000
+UPLOAD_SIDE = 2048  # px: an upload's longer side is shrunk to this while decoding (analyses run at the model's size)
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -298,12 +300,14 @@ def photo_id_of(data: bytes) -> str:
 
 
 def decode_upload(data: bytes, scratch: Path) -> "tuple[object, Path]":
-    """Decode upload bytes through featvis's image reader (its pixel limit applies before decoding)."""
+    """Decode upload bytes through featvis's image reader (its pixel limit applies before decoding),
+    shrunk to at most `UPLOAD_SIDE` px while decoding, and give the decoder's memory back."""
     atomic_write_bytes(scratch, data)
     try:
-        return load_image(scratch), scratch
+        return load_image(scratch, max_side=UPLOAD_SIDE), scratch
     except FeatvisError as exc:
         raise FeatvisError(str(exc).replace(f"image {scratch}", "the upload").replace(str(scratch), "the upload")) from None
     finally:
         scratch.unlink(missing_ok=True)
+        give_back_memory()
 

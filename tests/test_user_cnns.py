@@ -208,3 +208,103 @@ def test_integrated_gradients_steps_are_bounded():
     model = _digits("module")
     with pytest.raises(featvis.FeatvisError, match="integrated gradients takes 1 to 4096 steps, got 100000"):
         featvis.saliency(model, torch.rand(3, 28, 28), "ig", steps=100_000)
+
+
+ZOO = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GrayDigits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.relu1 = nn.Conv2d(1, 6, 5), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(6, 8, 3, stride=2), nn.ReLU()
+        self.fc = nn.Linear(8 * 11 * 11, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.relu2(self.conv2(self.relu1(self.conv1(x)))), 1))
+
+
+class Mobile(nn.Module):
+    """One ReLU module shared by every block, batch norms, a depthwise convolution, a residual addition,
+    squeeze-excite, a view flatten, and a print in its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.act = nn.ReLU()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8)
+        self.conv3, self.bn3 = nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1), nn.Sigmoid())
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        x = x + self.act(self.bn2(self.conv2(x)))
+        x = self.act(self.bn3(self.conv3(x)))
+        x = x * self.se(x)
+        print("forward")
+        return self.fc(F.adaptive_avg_pool2d(x, 1).view(x.size(0), -1))
+
+
+def gray():
+    torch.manual_seed(0)
+    return GrayDigits()
+
+
+def mobile():
+    torch.manual_seed(0)
+    return Mobile()
+'''
+
+
+@pytest.mark.parametrize("factory, options, layer", [
+    ("gray", ["--input-size", "28", "--mean", "0.1307", "--std", "0.3081"], "relu2"),
+    ("mobile", ["--input-size", "32"], "conv3"),
+], ids=["grayscale-28px", "shared-activation-se-depthwise-residual"])
+def test_every_command_runs_on_user_cnns_or_says_why_in_one_line(factory, options, layer, tmp_path, monkeypatch, capsys):
+    """Every command on each zoo model, through the command line as a user types it: exit 0 with JSON on
+    stdout (the model's own prints go to stderr), never a traceback; `layers` lists exactly the
+    module paths PyTorch's named_modules gives."""
+    import json
+
+    from PIL import Image as PILImage
+
+    from featvis.cli import main
+
+    (tmp_path / "zoo.py").write_text(ZOO)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "photos").mkdir()
+    rng = torch.Generator().manual_seed(0)
+    for i in range(3):
+        PILImage.fromarray((torch.rand(40, 40, 3, generator=rng) * 255).byte().numpy()).save(tmp_path / "photos" / f"p{i}.png")
+    model = f"zoo.py:{factory}"
+    photo = "photos/p0.png"
+    commands = [
+        ["layers", model, *options],
+        ["classify", model, photo, *options],
+        ["render", model, f"{layer}:1", "fc:2", *options, "--steps", "2", "--size", "32", "--out-dir", "renders"],
+        ["rf", model, layer, *options],
+        ["maps", model, layer, photo, *options, "-o", "maps.png"],
+        *(["saliency", model, photo, *options, "--method", method, "-o", f"{method}.png"]
+          for method in ("saliency", "ixg", "ig", "smoothgrad", "guided", "deconv", "gradcam", "guided-gradcam", "occlusion")),
+        ["examples", model, *options, "--images", "photos", "--layers", layer, "--out", "examples", "--workers", "0", "--k", "2"],
+        ["circuit", model, f"{layer}:1", *options, "--from", "conv1", "--k", "2"],
+        ["explain", model, photo, *options, "--layer", layer, "--groups", "2", "--steps", "0", "-o", "explain.html"],
+    ]
+    for argv in commands:
+        code = main([*argv, "--json", "-q"])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, (argv, err)
+        if argv[0] == "explain" and factory == "mobile":  # every map after conv3 goes through the shared ReLU or is 1x1
+            assert code == 2 and err.splitlines()[-1].startswith("featvis: error: 'conv3' has negative activations"), err
+            continue
+        assert code == 0, (argv, err)
+        json.loads(out)  # JSON only on stdout
+        if argv[0] == "layers":
+            net = __import__("zoo").__dict__[factory]()
+            assert [row["name"] for row in json.loads(out) if "concat" not in row] == \
+                [path for path, _ in net.named_modules() if path]

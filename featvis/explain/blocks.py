@@ -89,6 +89,7 @@ class Explanation:
     grid_icons: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     grid_step: int = 1
     steps: int = 0
+    precision: str | None = None  # the icons' number format, as rendered (None: no icons)
 
     @property
     def residual(self) -> float:
@@ -107,7 +108,7 @@ class Explanation:
 
         mine = groups(self.groups)
         result = {
-            "model": self.model, "layer": self.layer, "steps": self.steps,
+            "model": self.model, "layer": self.layer, "steps": self.steps, "precision": self.precision,
             "target": {"index": self.target, "label": self.label, "prob": self.prob, "logit": self.logit},
             "groups": mine["groups"], "nmf": mine["nmf"],
             "attribution": {"sum": float(self.attribution.sum()), "total": self.total,
@@ -288,6 +289,7 @@ def _render_icons(model: FeatvisModel, result: Explanation, grid_step: int, sett
     for g in sets:
         g.icons, images = images[: len(g.directions)], images[len(g.directions):]
     result.grid_icons, result.grid_step, result.steps = dict(zip(positions, images)), grid_step, min(r.steps for r in results)
+    result.precision = "bfloat16" if all(r.precision == "bfloat16" for r in results) else "float32"
 
 
 def _named(objective: Objective, name: str) -> Objective:

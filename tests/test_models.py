@@ -71,15 +71,19 @@ def test_inceptionv1_layer_shapes_and_aliases(inceptionv1):
 
 
 def test_concat_pre_relu_layers_and_where_they_are_refused(inceptionv1, coffee):
-    """mixedXX_pre_relu joins the branch pre-activations in Inception.forward's order; analyses that
-    need one module refuse it with one line naming a part to use instead."""
+    """mixedXX_pre_relu joins the branch pre-activations in Inception.forward's order; its receptive field is
+    its block's; analyses that need one module refuse it with one line naming a part to use instead."""
     for block in BLOCKS:
         branches = [f"mixed{block}_{branch}_pre_relu" for branch in ("1x1", "3x3", "5x5", "pool_reduce")]
         assert inceptionv1.parts(f"mixed{block}_pre_relu") == tuple(map(inceptionv1.resolve, branches))
     assert inceptionv1.parts("mixed4a") == ("inception4a",)
     refusal = (r"^layer 'mixed4a_pre_relu' concatenates 4 modules \(inception4a\.branch1\.conv, .*branch4\.1\.conv\), not one; "
                r"here name a single module, e\.g\. its part mixed4a_1x1_pre_relu$")
-    for use in (inceptionv1.resolve, lambda layer: featvis.receptive_field(inceptionv1, layer),
+    # the receptive field is the union of the branches' (issue 31): that of the block's output, a ReLU later
+    joined, block = featvis.receptive_fields(inceptionv1, ["mixed4a_pre_relu", "mixed4a"])
+    assert (joined.size, joined.stride, joined.padding, joined.output_shape) == (block.size, block.stride, block.padding,
+                                                                                block.output_shape)
+    for use in (inceptionv1.resolve,
                 lambda layer: conv_layer(inceptionv1, layer), lambda layer: resolve_layers(inceptionv1, [layer]),
                 lambda layer: featvis.saliency(inceptionv1, coffee, "gradcam", layer=layer)):
         with pytest.raises(featvis.FeatvisError, match=refusal):

@@ -391,7 +391,11 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
                                        accentuation.distance)
             values = scores(activations(final, tf.resize(final, scale)))
             finished = done > 0 and not interrupted
-            at_start = scores(activations(start.to(device), tf.resize(start.to(device), scale))) if finished else None
+            # a unit still exactly where it started (a ReLU unit at 0.0) once the redirected steps are over: its
+            # gradient stays zero from then on; measured only where the end is exactly 0 (a shorter render may not
+            # have reached the unit yet)
+            stuck = finished and done >= REDIRECT_STEPS and bool((values == 0).any())
+            at_start = scores(activations(start.to(device), tf.resize(start.to(device), scale))) if stuck else None
     final = final.detach().cpu()
     kept[done] = final
     results = [
@@ -402,7 +406,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
         result.alpha = alpha_map(transparency[b].cpu()) if transparency is not None else None
         result.distance = float(far[b]) if accentuation is not None else None
         result.precision = str(dtype).removeprefix("torch.")
-        if finished and (torch.equal(start[b], final[b]) or bool(values[b] == at_start[b])):
+        if finished and (torch.equal(start[b], final[b]) or (at_start is not None and bool(values[b] == at_start[b]))):
             result.unmoved = _unmoved(result, layers_of[result.spec])
     return results
 

@@ -4,7 +4,6 @@ explained by its strongest inputs (and outputs) through the expanded weights, as
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .._util.errors import FeatvisError
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1 or args.k > 64:
         raise FeatvisError(f"--k must be between 1 and 64, got {args.k}")
-    args.settings = render_settings(args)  # bad values refused before any work
+    settings = render_settings(args)  # bad values refused before any work
     if args.out:
         figure_format(args.out)  # a bad extension or folder fails before any work
         ensure_writable_dir(Path(args.out).parent)
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     connections = top_connections(model, args.spec, args.source, args.k, target=args.target, photos=photos,
                                   sign=None if args.sign == "any" else args.sign,
                                   progress=show_progress(args))  # a bar on a terminal, plain lines in a log
-    path = _figure(model, connections, args) if args.out else None
+    path = _figure(model, connections, settings, args) if args.out else None
     if args.json:
         print_json(connections.to_dict())
         return 0
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _figure(model, connections, args: argparse.Namespace):
+def _figure(model, connections, settings, args: argparse.Namespace):
     """Render the unit and every connection in one batch, then draw and save the figure."""
     from ..circuits.figure import circuit_figure
     from ..core.figures import save_figure
@@ -69,7 +68,7 @@ def _figure(model, connections, args: argparse.Namespace):
 
     ends = [(c.layer, c.channel) for c in connections.inputs + connections.outputs]
     specs = [connections.unit] + [f"{layer}:{channel}" for layer, channel in ends]
-    results = render(model, specs, args.settings, batch=len(specs), strict=False, progress=show_progress(args))
+    results = render(model, specs, settings, batch=len(specs), strict=False, progress=show_progress(args))
     if len(results) < len(specs) or any(r.interrupted for r in results):
         raise KeyboardInterrupt
     images = {end: result.image for end, result in zip(ends, results[1:])}

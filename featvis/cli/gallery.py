@@ -64,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
             print(index)
         return 0
     shard = parse_shard(args.shard) if args.shard else None
-    render_settings(args)  # bad values refused before the model loads
+    settings = render_settings(args)  # bad values refused before the model loads
     ensure_writable_dir(args.out)  # fail before loading the model
     args.device = _device(args.device)
     model = model_from_args(args)  # warnings (e.g. a photo skipped) print as one line each: see featvis.cli.main
-    report = make_gallery(model, args.layers, args.out, render_settings(args), channels=args.channels,
+    report = make_gallery(model, args.layers, args.out, settings, channels=args.channels,
                           batch=args.batch, images=args.images, patches=args.patches,
                           negative=args.negative, diversity=args.diversity, filters=args.filters, shard=shard,
                           progress=show_progress(args), circuits=args.circuits)

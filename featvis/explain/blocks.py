@@ -241,7 +241,7 @@ def _non_negative_after(model: FeatvisModel, x: torch.Tensor, layer: str) -> str
     with Probe(model, later) as probe, torch.no_grad():
         acts = probe(x)
     found = next((path for path in later if bool((acts[path] >= 0).all())), None)
-    aliases = [a for a in model.aliases_of(found)] if found else []
+    aliases = model.aliases_of(found) if found else []
     return aliases[0] if aliases else found
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util.errors import FeatvisError
-from .modes import analysis
+from .modes import analysis, eval_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,10 +28,10 @@ class FeatvisModel(nn.Module):
     """A network plus its input convention; ``forward`` takes RGB in [0, 1], shape [N, 3, H, W].
 
     ``net`` sees ``(flip_to_bgr(x) * scale - mean) / std``, or ``preprocess(x)`` when a
-    preprocessing callable is given. A grayscale network (``grayscale``; by default: its first
-    convolution reads one channel, as an MNIST CNN's does) sees the image's luma (`LUMA`) instead,
-    normalised by a one-value ``mean``/``std`` (default 0 and 1: the [0, 1] of ``ToTensor()``). ``aliases`` maps extra layer names to module paths of
-    ``net`` (e.g. ``mixed4a`` -> ``inception4a``). ``concats`` names layers that no module
+    preprocessing callable is given. A grayscale network (``grayscale``; by default: see
+    `_reads_one_channel`) sees the image's luma (`LUMA`) instead, normalised by a one-value
+    ``mean``/``std`` (default 0 and 1: the [0, 1] of ``ToTensor()``). ``aliases`` maps extra layer
+    names to module paths of ``net`` (e.g. ``mixed4a`` -> ``inception4a``). ``concats`` names layers that no module
     outputs: the concatenation along channels of several modules' outputs (e.g. Lucid's
     ``mixed4a_pre_relu``, the four branches of ``inception4a`` before their ReLUs); probes and
     renders take them, analyses that need one module (receptive fields, saliency) refuse them.
@@ -57,10 +57,7 @@ class FeatvisModel(nn.Module):
         self.grayscale = _reads_one_channel(net, input_size, mean, std) if grayscale is None else bool(grayscale)
         mean = (0.0,) if self.grayscale and mean is None else mean if mean is not None else IMAGENET_MEAN
         std = (1.0,) if self.grayscale and std is None else std if std is not None else IMAGENET_STD
-        channels = 1 if self.grayscale else 3
-        if len(mean) != channels or len(std) != channels:
-            raise FeatvisError(f"{name} reads {channels} input channel(s), so mean and std take {channels} value(s) each, "
-                               f"got {len(mean)} and {len(std)}")
+        check_normalisation(name, self.grayscale, mean, std)
         self.net = net
         self.name = name
         self.input_size = int(input_size)
@@ -185,24 +182,27 @@ def _reads_one_channel(net: nn.Module, size: int, mean: Sequence[float] | None, 
     """Whether ``net`` takes one-channel (grayscale) images: its first convolution (in definition order)
     reads one channel and a one-value mean/std says so, or, with neither given, the net refuses a
     three-channel image (a net that turns RGB into one channel itself takes RGB). The trial runs in
-    eval mode without gradients and puts every module's mode back."""
+    eval mode without gradients (`eval_mode`: every module's mode put back)."""
     first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
     if first is None or first.in_channels != 1:
         return False
     given = [len(v) for v in (mean, std) if v is not None]
     if given:
         return given[0] == 1
-    modes = [(module, module.training) for module in net.modules()]
-    net.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(net), torch.no_grad():
             net(torch.zeros(1, 3, int(size), int(size), device=first.weight.device, dtype=first.weight.dtype))
         return False
     except Exception:  # noqa: BLE001 (any failure of the user's code on RGB: it wants one channel)
         return True
-    finally:
-        for module, training in modes:
-            module.training = training
+
+
+def check_normalisation(name: str, grayscale: bool, mean: Sequence[float], std: Sequence[float]) -> None:
+    """A one-line error unless ``mean`` and ``std`` have one value per channel the network reads."""
+    channels = 1 if grayscale else 3
+    if len(mean) != channels or len(std) != channels:
+        raise FeatvisError(f"{name} reads {channels} input channel(s) ({'grayscale' if grayscale else 'RGB'}), so mean "
+                           f"and std take {channels} value(s) each, got {len(mean)} and {len(std)}")
 
 
 def as_model(model: nn.Module, **kwargs) -> FeatvisModel:

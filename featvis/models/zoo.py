@@ -32,7 +32,7 @@ from .efficientnet_lite import efficientnet_lite2
 from .inceptionv1 import BLOCKS, CAFFE_LAYERS, LUCID_ALIASES, LUCID_CONCATS, InceptionV1
 from .labels import imagenet_labels, inception5h_labels
 from .weights import BVLC_GOOGLENET, SQUEEZENET1_1, apply_state_dict, find_weights_file, load_caffe_weights, load_state_dict_file
-from .wrapper import FeatvisModel
+from .wrapper import FeatvisModel, check_normalisation
 
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 BUILTIN = ("inceptionv1", "googlenet", "squeezenet1_1", "inceptionv1_lucid", "efficientnet_lite2")
@@ -203,11 +203,8 @@ def load_model(
         raise FeatvisError(
             f"unknown model '{spec}'; use one of {', '.join(BUILTIN)}, torchvision:NAME, pkg.module:factory or file.py:factory"
         )
-    channels = 1 if model.grayscale else 3
-    for what, value in (("mean", mean), ("std", std)):
-        if value is not None and len(value) != channels:
-            raise FeatvisError(f"{model.name} reads {channels} input channel(s) ({'grayscale' if channels == 1 else 'RGB'}), so "
-                               f"--{what} takes {channels} value(s), got {len(value)}")
+    check_normalisation(model.name, model.grayscale, model.mean.flatten() if mean is None else mean,
+                        model.std.flatten() if std is None else std)
     if mean is not None:
         model.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     if std is not None:

@@ -53,7 +53,7 @@ from .fast_layers import fast_layers, fused_conv_relus
 from .maco import alpha_map
 from .memory import check_render_fits
 from .natural import natural_max
-from .objectives import INPUT, Acts, Objective
+from .objectives import INPUT, Acts, Objective, Shapes
 from .param_factory import make_param
 from .plausibility import plausibility
 from .precision import compute_dtype, faithful_dtype, frozen, memory_format
@@ -185,8 +185,7 @@ def render(
     chunks = list(_chunks(objectives, names, batch or DEFAULT_BATCH))
     check_render_fits(model, layers, max(sum(o.span for o, _ in chunk) for chunk in chunks), settings.size,
                       max(settings.size, model.input_size), dtype)  # before anything is run at that size
-    scale = _scale(model, layers, settings.size)
-    shapes = layer_shapes(model, layers, scale)
+    scale, shapes = _scale(model, layers, settings.size)
     for objective in objectives:
         objective.check(shapes)
     if settings.param == "maco" and (init is not None or accentuate is not None):
@@ -241,18 +240,17 @@ class _Steps:
             self.on_step(self.done, self.total)
 
 
-def _scale(model: FeatvisModel, layers: list[str], size: int) -> int:
-    """The side the model sees the image at: max(size, its input size), or its input size where the
-    model accepts no other up to ``layers`` (a Linear layer after the convolutions: a 28 px digit CNN)."""
+def _scale(model: FeatvisModel, layers: list[str], size: int) -> tuple[int, Shapes]:
+    """The side the model sees the image at, with ``layers``' shapes there: max(size, its input size),
+    or its input size where the model accepts no other up to ``layers`` (a Linear layer after the
+    convolutions: a 28 px digit CNN)."""
     scale = max(size, model.input_size)
     try:
-        layer_shapes(model, layers, scale)
+        return scale, layer_shapes(model, layers, scale)
     except FeatvisError:
         if scale == model.input_size:
             raise
-        layer_shapes(model, layers, model.input_size)  # works at its own size: the image is resized to it
-        return model.input_size
-    return scale
+        return model.input_size, layer_shapes(model, layers, model.input_size)  # the image is resized to it
 
 
 def _penalties(model: FeatvisModel, objectives: list[Objective], accentuation: Accentuation | None,

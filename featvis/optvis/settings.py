@@ -78,12 +78,6 @@ class RenderSettings:
         """A copy with ``changes``; a change given as None keeps this object's value."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def to_json(self) -> dict[str, Any]:
-        """The settings as JSON values (a `Transforms` object by its repr)."""
-        out = dataclasses.asdict(self)
-        out["transforms"] = self.transforms if isinstance(self.transforms, str) else repr(self.transforms)
-        return out
-
 
 def _whole(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -95,8 +89,8 @@ EXPLAIN_ICONS = RenderSettings(size=80)
 ATLAS_CELLS = RenderSettings(steps=256, size=64)
 
 
-#: Key entries left out while they hold these values, so galleries made before they existed keep their names.
-_QUIET = {"param": "fft", "decorrelate": True, "transforms": "default", "valid": "sigmoid"}
+#: Key entries left out while they hold their default, so galleries made before they existed keep their names.
+_QUIET = ("param", "decorrelate", "transforms", "valid")
 
 
 def picture_key(settings: RenderSettings, model: "FeatvisModel", fingerprint: str) -> dict[str, Any]:
@@ -117,5 +111,6 @@ def picture_key(settings: RenderSettings, model: "FeatvisModel", fingerprint: st
                            "precision": dtype}
     if settings.precision == "auto" and dtype == "bfloat16":
         key["guard"] = AGREEMENT
-    key |= {name: getattr(settings, name) for name, quiet in _QUIET.items() if getattr(settings, name) != quiet}
+    defaults = RenderSettings()
+    key |= {name: getattr(settings, name) for name in _QUIET if getattr(settings, name) != getattr(defaults, name)}
     return key

@@ -1,6 +1,6 @@
 """Where everything `featvis serve` keeps lives under its cache folder: the one owner of these paths.
 
-    layers/<layer>/img/<stem>-<digest>.png   pictures, named as a static gallery names them
+    layers/<layer>/img/<stem>-<digest>.png   pictures, named as a static gallery names them (`manifest.picture_rel`)
     manifests/serve-<model>.json             the gallery records of what the server rendered
     serve/<digest>.json                      a picture set's sidecar (its files' SHA-256, its numbers)
     serve/.manifest.lock                     serialises manifest updates of servers sharing the folder
@@ -33,10 +33,6 @@ class CacheLayout:
     @property
     def model(self) -> str:
         return self.fingerprint[:12]
-
-    def picture(self, layer_path: str, stem: str, settings: dict) -> str:
-        """A picture's path relative to ``root`` (the gallery's name, `featvis.gallery.manifest.picture_rel`)."""
-        return mf.picture_rel(layer_path, stem, settings)
 
     def meta(self, digest: str) -> Path:
         return self.root / META_DIR / f"{digest}.json"

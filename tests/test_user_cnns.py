@@ -179,8 +179,8 @@ def test_a_net_that_turns_rgb_into_one_channel_itself_takes_rgb():
 
 
 def test_layers_say_which_module_runs_more_than_once(capsys):
-    """One ReLU module shared by three blocks: `featvis layers` counts its calls as a forward hook does,
-    and says its shape is the first call's."""
+    """One ReLU module shared by three blocks: `featvis layers` counts its calls as a forward hook does
+    and lists each call, ``act#k``, with the shape the hook saw."""
     from featvis.core.layer_table import layer_table
 
     class Shared(nn.Module):
@@ -193,14 +193,18 @@ def test_layers_say_which_module_runs_more_than_once(capsys):
             return self.act(self.conv3(self.act(self.conv2(self.act(self.conv1(x))))))
 
     net = Shared()
+    model = featvis.as_model(net, input_size=16)
     seen = []
     handle = net.act.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:])))
     try:
-        rows = {row["name"]: row for row in layer_table(featvis.as_model(net, input_size=16))}
+        rows = {row["name"]: row for row in layer_table(model)}
     finally:
         handle.remove()
     assert rows["act"]["calls"] == len(seen) == 3 and rows["conv2"]["calls"] == 1
     assert tuple(rows["act"]["output_shape"]) == seen[0] == (4, 14, 14)
+    assert [(site["name"], tuple(site["output_shape"])) for site in rows["act"]["sites"]] == \
+        [(f"act#{k}", shape) for k, shape in enumerate(seen, 1)]
+    assert "sites" not in rows["conv2"]
 
 
 def test_integrated_gradients_steps_are_bounded():
@@ -263,8 +267,8 @@ def mobile():
 
 @pytest.mark.parametrize("factory, options, layer", [
     ("gray", ["--input-size", "28", "--mean", "0.1307", "--std", "0.3081"], "relu2"),
-    ("mobile", ["--input-size", "32"], "conv3"),
-], ids=["grayscale-28px", "shared-activation-se-depthwise-residual"])
+    ("mobile", ["--input-size", "32"], "act#3"),
+], ids=["grayscale-28px", "shared-activation-se-depthwise-residual"])  # act#3: the shared ReLU's third call
 def test_every_command_runs_on_user_cnns_or_says_why_in_one_line(factory, options, layer, tmp_path, monkeypatch, capsys):
     """Every command on each zoo model, through the command line as a user types it: exit 0 with JSON on
     stdout (the model's own prints go to stderr), never a traceback; `layers` lists exactly the
@@ -296,13 +300,19 @@ def test_every_command_runs_on_user_cnns_or_says_why_in_one_line(factory, option
         ["circuit", model, f"{layer}:1", *options, "--from", "conv1", "--k", "2"],
         ["explain", model, photo, *options, "--layer", layer, "--groups", "2", "--steps", "0", "-o", "explain.html"],
     ]
+    if factory == "mobile":  # the shared ReLU's bare name is its first call, said once; conv3 before it can be negative
+        commands += [["render", model, "act:1", *options, "--steps", "2", "--size", "32", "-o", "first.png"],
+                     ["explain", model, photo, *options, "--layer", "conv3", "--groups", "2", "--steps", "0", "-o", "e2.html"]]
     for argv in commands:
         code = main([*argv, "--json", "-q"])
         out, err = capsys.readouterr()
         assert "Traceback" not in err, (argv, err)
-        if argv[0] == "explain" and factory == "mobile":  # every map after conv3 goes through the shared ReLU or is 1x1
+        if "conv3" in argv:  # NMF needs non-negative maps: the hint names the shared ReLU's call after conv3
             assert code == 2 and err.splitlines()[-1].startswith("featvis: error: 'conv3' has negative activations"), err
+            assert "e.g. act#3, the first layer after it" in err, err
             continue
+        if "act:1" in argv:
+            assert "'act' runs 3 times in one forward pass" in err and "takes its first call, act#1" in err, err
         assert code == 0, (argv, err)
         json.loads(out)  # JSON only on stdout
         if argv[0] == "layers":

@@ -65,7 +65,7 @@ def parse_unit(model: FeatvisModel, unit: str) -> tuple[str, int]:
         example = next(iter(model.layer_names()), "conv1")
         raise FeatvisError(f"bad unit '{unit}'; write LAYER:CHANNEL, e.g. {example}:0 (`featvis layers` lists the layers)")
     layer, channel = match[1], int(match[2])
-    model.resolve(layer)
+    model.site(layer)
     with torch.no_grad():
         out = capture(model, torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device), [layer])[layer]
     if out.dim() < 2 or channel >= out.shape[1]:
@@ -147,7 +147,7 @@ def top_connections(
         raise FeatvisError(f"k must be at least 1, got {k}")
     for other in (source, target):
         if other is not None:
-            fmodel.resolve(other)  # an unknown layer fails before the expanded weights
+            fmodel.site(other)  # an unknown layer fails before the expanded weights
     incoming = expanded_weights(fmodel, source, layer, progress=progress)
     if channel >= incoming.shape[0]:
         raise FeatvisError(f"channel {channel} is out of range for layer '{layer}' ({incoming.shape[0]} channels); "

@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 from .._util.errors import FeatvisError
 from .._util.progress import progress_bar
 from ..core.probe import capture
+from ..core.sites import site_modules
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
 from ..receptive_field import ReceptiveField, relative_field
@@ -88,7 +89,7 @@ def _average_pool(bound: dict) -> torch.Tensor:
 def fitted_field(model: FeatvisModel, source: str, target: str) -> tuple[ReceptiveField, int, tuple[int, int]]:
     """The relative field of ``target`` on ``source`` for the smallest tried image where the
     central target unit reads no padding: (field, image side, that unit)."""
-    if model.resolve(source) == model.resolve(target):
+    if model.site(source) == model.site(target):
         raise FeatvisError(f"source and target are the same layer '{target}'; choose a source upstream of the target")
     field = relative_field(model, source, target)  # at the model's size: wrong layer pairs fail here
     if field.input_size == (1, 1):
@@ -144,12 +145,14 @@ def expanded_weights(model: nn.Module, source: str, target: str, *, progress: bo
         return output + impulse[0]
 
     image = torch.full((1, 3, side, side), 0.5, dtype=torch.float64, device=fmodel.mean.device)
-    handle = net.net.get_submodule(net.resolve(source)).register_forward_hook(inject)
-    try:
-        with torch.enable_grad(), linearized():
-            unit = capture(net, image, [target], detach=False)[target][0, :, y, x]
-    finally:
-        handle.remove()
+    site = net.site(source)
+    with site_modules(net, [site]) as modules:
+        handle = modules[site].register_forward_hook(inject)
+        try:
+            with torch.enable_grad(), linearized():
+                unit = capture(net, image, [target], detach=False)[target][0, :, y, x]
+        finally:
+            handle.remove()
     source_map = impulse[0]
     channels_out, channels_in = field.output_shape[0], source_map.shape[1]
     count = channels_out * channels_in * box.height * box.width

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._util.errors import FeatvisError
 from ..models.modes import analysis
-from ..models.wrapper import FeatvisModel, as_model
+from ..models.wrapper import FeatvisModel, as_model, split_call
 from .expanded import expanded_weights
 
 MAX_CHANNELS = 4096  # channels clustered at once (the distance matrix is channels^2)
@@ -48,6 +48,9 @@ def previous_layer(model: FeatvisModel, layer: str) -> str:
     """The module that runs just before ``layer`` at its level of nesting (its previous sibling,
     else its parent's): ``inception3b`` -> ``inception3a``, ``layer2.0`` -> ``layer1``."""
     path = model.resolve(layer)
+    if split_call(model.site(layer))[1] is not None:
+        raise FeatvisError(f"layer '{layer}' is one call of a module that runs several times, so no module comes just "
+                           "before it; name the source layer explicitly")
     while path:
         parent, _, name = path.rpartition(".")
         siblings = [n for n, _ in model.net.get_submodule(parent).named_children()]

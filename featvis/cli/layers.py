@@ -1,6 +1,7 @@
 """`featvis layers MODEL`: every addressable layer with its type and output shape; concat layers
 (e.g. ``mixed4a_pre_relu``) name the modules whose outputs they join, and a module called more than
-once per forward pass (one activation module shared by every block) says so."""
+once per forward pass (one activation module shared by every block) lists its calls, ``name#k``, the names
+analyses take."""
 
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    width = max(len(printable(row["name"])) for row in rows)
+    width = max(len(printable(name)) + 2 for row in rows for name in [row["name"], *(s["name"] for s in row.get("sites", []))])
     for row in rows:
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
         aliases = f"  ({', '.join(row['aliases'])})" if row["aliases"] else ""
         parts = f"  (concat of {' + '.join(row['concat'])})" if "concat" in row else ""
-        calls = f"  (called {row['calls']} times per forward pass; shape of the first call, which analyses use)" \
-            if row["calls"] > 1 and "concat" not in row else ""
+        calls = f"  (runs {row['calls']} times per forward pass: name one call)" if "sites" in row else ""
         print(printable(f"{printable(row['name']):<{width}}  {row['type']:<18} {shape}{aliases}{parts}{calls}"))
+        for site in row.get("sites", []):
+            shape = "x".join(map(str, site["output_shape"])) if site["output_shape"] else "-"
+            print(printable(f"  {printable(site['name']):<{width - 2}}  {'':<18} {shape}"))
     return 0

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .._util.failures import forward_failed, user_location
-from ..models.wrapper import FeatvisModel
+from ..models.wrapper import CALL_MARK, FeatvisModel
 
 
 @torch.no_grad()
@@ -14,22 +14,20 @@ def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict
     """One row per addressable layer: ``{"name", "type", "output_shape": [C, H, W] | None, "aliases",
     "calls"}``.
 
-    Shapes are measured by one forward pass of a blank image of ``input_size`` pixels (a module called
-    several times in it, such as one activation module shared by every block, shows its first call's
-    shape, which is what featvis's analyses of that layer see; ``calls`` says how many there were). A concat
+    Shapes are measured by one forward pass of a blank image of ``input_size`` pixels. A module called
+    several times in it (one activation module shared by every block) has ``calls`` > 1, the first call's
+    shape, and ``"sites"``: ``{"name": "path#k", "output_shape"}`` per call, the names analyses take
+    (`FeatvisModel.site`). A concat
     layer (``model.concats``) gets type ``Concat`` and ``"concat"``, its parts' module paths; it is
     listed after its last part.
     """
     size = input_size or model.input_size
-    shapes: dict[str, list[int]] = {}
-    calls: dict[str, int] = {}
+    shapes: dict[str, list[list[int] | None]] = {}
     handles = []
 
     def record(path: str):
         def hook(module: nn.Module, inputs, output) -> None:
-            calls[path] = calls.get(path, 0) + 1
-            if isinstance(output, torch.Tensor) and path not in shapes:
-                shapes[path] = list(output.shape[1:])
+            shapes.setdefault(path, []).append(list(output.shape[1:]) if isinstance(output, torch.Tensor) else None)
 
         return hook
 
@@ -45,17 +43,20 @@ def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict
     finally:
         for handle in handles:
             handle.remove()
-    rows = [
-        {"name": path, "type": type(module).__name__, "output_shape": shapes.get(path), "aliases": model.aliases_of(path),
-         "calls": calls.get(path, 0)}
-        for path, module in model.net.named_modules()
-        if path
-    ]
-    rows += [{"name": name, "type": "Concat", "output_shape": _concat_shape([shapes.get(path) for path in parts]),
-              "aliases": [], "concat": list(parts), "calls": min(calls.get(path, 0) for path in parts)}
+    rows = [_row(model, path, type(module).__name__, shapes.get(path, [])) for path, module in model.net.named_modules() if path]
+    rows += [{"name": name, "type": "Concat", "output_shape": _concat_shape([(shapes.get(path) or [None])[0] for path in parts]),
+              "aliases": [], "concat": list(parts), "calls": min(len(shapes.get(path, [])) for path in parts)}
              for name, parts in model.concats.items()]
     order = {path: index for index, path in enumerate(model.layer_names())}
     return sorted(rows, key=lambda row: (max(order[path] for path in row.get("concat", [row["name"]])), "concat" in row))
+
+
+def _row(model: FeatvisModel, path: str, kind: str, shapes: list[list[int] | None]) -> dict:
+    row = {"name": path, "type": kind, "output_shape": shapes[0] if shapes else None, "aliases": model.aliases_of(path),
+           "calls": len(shapes)}
+    if len(shapes) > 1:
+        row["sites"] = [{"name": f"{path}{CALL_MARK}{k}", "output_shape": shape} for k, shape in enumerate(shapes, 1)]
+    return row
 
 
 def _concat_shape(shapes: list[list[int] | None]) -> list[int] | None:

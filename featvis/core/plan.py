@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .._util.errors import FeatvisError
-from ..models.wrapper import FeatvisModel
+from ..models.wrapper import FeatvisModel, split_call
 from .probe import capture
 
 _SLUG_OK = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -69,7 +69,7 @@ def parse_layers(text: str | Sequence[str]) -> list[str]:
 @torch.no_grad()
 def resolve_layers(model: FeatvisModel, names: Sequence[str]) -> list[Layer]:
     """Check every layer exists and has channels; measure its output shape with one blank image."""
-    paths = {name: model.resolve(name) for name in names}
+    paths = {name: model.site(name) for name in names}
     device = model.mean.device
     outputs = capture(model, torch.zeros(1, 3, model.input_size, model.input_size, device=device), list(names))
     order = {path: index for index, path in enumerate(model.layer_names())}
@@ -83,7 +83,8 @@ def resolve_layers(model: FeatvisModel, names: Sequence[str]) -> list[Layer]:
                 f"layer '{name}' outputs shape {list(shape)}; a gallery needs a layer with channels ([C] or [C, H, W])"
             )
         path = paths[name]
-        layers.append(Layer(name, path, tuple(model.aliases_of(path)), shape[0], shape, order[path]))
+        module = split_call(path)[0]
+        layers.append(Layer(name, path, tuple(model.aliases_of(path)), shape[0], shape, order[module]))
     return layers
 
 

@@ -10,6 +10,7 @@ the model's input and ``spatial_layers`` lists the layers that output maps.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -17,7 +18,8 @@ from torch import nn
 
 from .._util.errors import FeatvisError
 from ..models.modes import analysis
-from ..models.wrapper import FeatvisModel, as_model
+from ..models.wrapper import CALL_MARK, FeatvisModel, as_model
+from .sites import site_modules
 
 
 class _StopForward(Exception):
@@ -43,12 +45,14 @@ class Probe:
         self.early_exit = early_exit
         self.detach = detach
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._sites = contextlib.ExitStack()
         self._outputs: dict[str, torch.Tensor] = {}
 
     def __enter__(self) -> "Probe":
         try:
+            modules = self._sites.enter_context(site_modules(self.model, self.paths))
             for path in self.paths:
-                self._handles.append(self.model.net.get_submodule(path).register_forward_hook(self._hook(path)))
+                self._handles.append(modules[path].register_forward_hook(self._hook(path)))
         except BaseException:
             self.remove()
             raise
@@ -61,6 +65,7 @@ class Probe:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._sites.close()
 
     def _hook(self, path: str):
         def hook(module: nn.Module, inputs, output) -> None:
@@ -85,7 +90,8 @@ class Probe:
             pass
         missing = [layer for layer, parts in self.parts.items() if any(path not in self._outputs for path in parts)]
         if missing:
-            raise FeatvisError(f"layer(s) {', '.join(missing)} did not run in the forward pass; probe layers the model uses")
+            raise FeatvisError(f"layer(s) {', '.join(missing)} did not run in the forward pass; probe layers the model uses "
+                               "(`featvis layers MODEL` lists them, and each call of a module that runs several times)")
         outputs = {layer: _concat([self._outputs[path] for path in parts]) for layer, parts in self.parts.items()}
         self._outputs = {}
         return outputs
@@ -115,15 +121,18 @@ def model_input(model: FeatvisModel, image: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Module paths whose output on ``x`` is a map [N, C, H, W] with H*W > 1, in the order they finish."""
+    """Sites (module paths; ``path#k`` for each call of a module that runs several times) whose output on
+    ``x`` is a map [N, C, H, W] with H*W > 1, in the order they finish."""
     fmodel = as_model(model)
-    finished: dict[str, None] = {}
+    finished: list[tuple[str, int]] = []  # (path, call) of each spatial output, in the order they finish
+    calls: dict[str, int] = {}
     handles = []
 
     def record(path: str):
         def hook(module, inputs, output) -> None:
+            calls[path] = calls.get(path, 0) + 1
             if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
-                finished.setdefault(path)
+                finished.append((path, calls[path]))
 
         return hook
 
@@ -135,4 +144,4 @@ def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     finally:
         for handle in handles:
             handle.remove()
-    return list(finished)
+    return [path if calls[path] == 1 else f"{path}{CALL_MARK}{call}" for path, call in finished]

@@ -28,6 +28,7 @@ from torch import nn
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
 from ..core.images import save_image
+from ..core.sites import site_modules
 from ..models.labels import label_index
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
@@ -83,7 +84,7 @@ class AtlasSampler:
 
 def _forward(model: FeatvisModel, layer: str, target: int | None):
     """Forward to the logits, keeping ``layer``'s output; with ``target``, its attribution map to that logit."""
-    module = model.module(layer)
+    site = model.site(layer)
 
     def keep(kept: dict, out: torch.Tensor) -> torch.Tensor:
         # with a target, the rest of the network runs on a leaf copy, so its gradient is d logit / d act
@@ -92,19 +93,20 @@ def _forward(model: FeatvisModel, layer: str, target: int | None):
 
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
         kept: dict[str, torch.Tensor] = {}
-        handle = module.register_forward_hook(lambda _m, _i, out: keep(kept, out) if "act" not in kept else None)
-        try:
-            with torch.set_grad_enabled(target is not None):
-                logits = model(x)
-                act = kept["act"]
-                out = {"act": act.detach()}
-                if model.labels is not None and logits.dim() == 2:
-                    out["logits"] = logits.detach()
-                if target is not None:
-                    gradient, = torch.autograd.grad(logits[:, target].sum(), act)
-                    out["attribution"] = (act * gradient).sum(1).detach()
-        finally:
-            handle.remove()
+        with site_modules(model, [site]) as modules:
+            handle = modules[site].register_forward_hook(lambda _m, _i, out: keep(kept, out) if "act" not in kept else None)
+            try:
+                with torch.set_grad_enabled(target is not None):
+                    logits = model(x)
+                    act = kept["act"]
+                    out = {"act": act.detach()}
+                    if model.labels is not None and logits.dim() == 2:
+                        out["logits"] = logits.detach()
+                    if target is not None:
+                        gradient, = torch.autograd.grad(logits[:, target].sum(), act)
+                        out["attribution"] = (act * gradient).sum(1).detach()
+            finally:
+                handle.remove()
         return out
 
     return run
@@ -185,7 +187,7 @@ def activation_atlas(
         raise FeatvisError(f"the atlas is saved as PNG; give -o a .png path, got {path}")
     ensure_writable_dir(path.parent if str(path.parent) else ".")
     paths = list_images(images)
-    fmodel.module(layer)  # a single module (concat layers are refused with a hint)
+    fmodel.site(layer)  # a single module, or one call of it (concat layers are refused with a hint)
     with torch.no_grad():
         probe_out = _forward(fmodel, layer, None)(torch.zeros(1, 3, fmodel.input_size, fmodel.input_size,
                                                               device=fmodel.mean.device))["act"]

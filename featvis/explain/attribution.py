@@ -15,10 +15,13 @@ gradients reach every part of a concat layer and the model can be evaluated on a
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .._util.errors import FeatvisError
 from ..core.probe import Probe, spatial_layers
+from ..core.sites import site_modules
 from ..models.wrapper import FeatvisModel
 
 
@@ -34,6 +37,7 @@ class LayerInput:
         self.paths = model.parts(layer)
         self.value: torch.Tensor | None = None
         self._handles: list = []
+        self._sites = contextlib.ExitStack()
 
     def __enter__(self) -> "LayerInput":
         sizes: dict[str, int] = {}
@@ -47,13 +51,15 @@ class LayerInput:
                 return self.value[:, start : start + output.shape[1]].to(output.dtype)
             return replace
 
+        modules = self._sites.enter_context(site_modules(self.model, self.paths))
         for path in self.paths:
-            self._handles.append(self.model.net.get_submodule(path).register_forward_hook(hook(path)))
+            self._handles.append(modules[path].register_forward_hook(hook(path)))
         return self
 
     def __exit__(self, *exc_info) -> None:
         for handle in self._handles:
             handle.remove()
+        self._sites.close()
 
     def __call__(self, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         self.value = value

@@ -7,13 +7,17 @@ input size for photos, class labels and layer-name aliases — so every analysis
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
+import itertools
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .._util.errors import FeatvisError
 from .modes import analysis, eval_mode
@@ -35,6 +39,12 @@ class FeatvisModel(nn.Module):
     outputs: the concatenation along channels of several modules' outputs (e.g. Lucid's
     ``mixed4a_pre_relu``, the four branches of ``inception4a`` before their ReLUs); probes and
     renders take them, analyses that need one module (receptive fields, saliency) refuse them.
+
+    A module that runs several times in one forward pass (one activation module shared by every
+    block, as EfficientNet's ``_swish`` or torchvision ResNet's ``relu``) has one output per call:
+    ``name#k`` names its k-th call (``#1`` the first) and every analysis of outputs takes exactly that
+    call; the bare name is the first call, with a warning naming the others (`site`). The calls are
+    counted once per model, on a shape-only copy (`count_calls`).
     """
 
     def __init__(
@@ -75,6 +85,8 @@ class FeatvisModel(nn.Module):
         if clashes or unknown:
             raise FeatvisError(f"bad concat layers for {self.name}: {', '.join(clashes + unknown)} clash with module names "
                                "or aliases or are not module paths; give new names, and module paths as parts")
+        self._call_counts: dict[str, int] | None = None
+        self._told_first_call: set[str] = set()
 
     @classmethod
     def wrap(cls, net: "nn.Module | FeatvisModel", **kwargs) -> "FeatvisModel":
@@ -104,15 +116,56 @@ class FeatvisModel(nn.Module):
         """Module paths of ``net`` in definition order (every one is addressable)."""
         return [path for path, _ in self.net.named_modules() if path]
 
+    def sites(self) -> list[str]:
+        """Every output a layer name can mean (`site`), in definition order: a module path, or
+        ``path#1`` .. ``path#n`` for a module that runs n times."""
+        return [site for path in self.layer_names()
+                for site in ([path] if (self.calls(path) or 1) == 1 else [f"{path}{CALL_MARK}{k}" for k in range(1, self.calls(path) + 1)])]
+
     def aliases_of(self, path: str) -> list[str]:
         return [alias for alias, target in self.aliases.items() if target == path]
 
+    def calls(self, path: str) -> int | None:
+        """How many times the module at ``path`` runs in one forward pass (`count_calls`, once per model);
+        None where it could not count: a bare name is then the module's first call, as always, and a call
+        ``#k`` is checked when the model runs."""
+        if self._call_counts is None:
+            self._call_counts = count_calls(self) or {"": -1}
+        return None if "" in self._call_counts else max(1, self._call_counts.get(path, 1))
+
     def resolve(self, layer: str) -> str:
-        """The module path for a layer name or alias; unknown names list the closest valid ones.
+        """The module path for a layer name or alias, with or without a call (``name#k``); unknown names
+        list the closest valid ones. For a module's parameters (filters, weights): the call does not matter.
 
         A concat layer has no single module: it is refused with the names of its parts. A path written
         from the wrapper (``net.`` + a module path of the user's network, as ``FeatvisModel.net`` holds it) is that path.
         """
+        name, call = split_call(layer)
+        path = self._resolve_name(name)
+        count = self.calls(path)
+        if call is not None and count is not None and not 1 <= call <= count:
+            raise FeatvisError(f"layer '{name}' runs {count} time(s) in one forward pass of {self.name}, so call "
+                               f"#{call} does not exist; name a call from #1 to #{count}")
+        return path
+
+    def site(self, layer: str) -> str:
+        """The output a layer name means: its module path, or ``path#k`` for call k of a module that runs
+        several times (``#1`` of a module that runs once is the module). The bare name of such a module
+        means its first call in every analysis, as it always has, and says so once per model in a warning
+        naming the calls: they differ in shape and receptive field."""
+        path = self.resolve(layer)
+        name, call = split_call(layer)
+        count = self.calls(path)
+        if count == 1 or (count is None and call is None):
+            return path
+        if call is None and name not in self._told_first_call:
+            self._told_first_call.add(name)
+            warnings.warn(f"layer '{name}' runs {count} times in one forward pass of {self.name}; featvis takes its "
+                          f"first call, {name}{CALL_MARK}1 (name another, up to {name}{CALL_MARK}{count}; "
+                          "`featvis layers MODEL` shows each call's shape)", stacklevel=2)
+        return f"{path}{CALL_MARK}{call or 1}"
+
+    def _resolve_name(self, layer: str) -> str:
         if layer in self._paths:
             return layer
         if layer in self.aliases:
@@ -130,9 +183,10 @@ class FeatvisModel(nn.Module):
         raise FeatvisError(f"unknown layer '{layer}' in {self.name}; {hint}")
 
     def parts(self, layer: str) -> tuple[str, ...]:
-        """The module paths whose outputs, concatenated along channels, are ``layer``'s output:
-        one path for a module or alias, several for a concat layer. Also a cache key per layer."""
-        return self.concats[layer] if layer in self.concats else (self.resolve(layer),)
+        """The sites (`site`: module paths, ``path#k`` for one call of a shared module) whose outputs,
+        concatenated along channels, are ``layer``'s output: one for a module or alias, several for a
+        concat layer. Also a cache key per layer."""
+        return tuple(self.site(part) for part in self.concats[layer]) if layer in self.concats else (self.site(layer),)
 
     def module(self, layer: str) -> nn.Module:
         return self.net.get_submodule(self.resolve(layer))
@@ -203,6 +257,47 @@ def check_normalisation(name: str, grayscale: bool, mean: Sequence[float], std: 
     if len(mean) != channels or len(std) != channels:
         raise FeatvisError(f"{name} reads {channels} input channel(s) ({'grayscale' if grayscale else 'RGB'}), so mean "
                            f"and std take {channels} value(s) each, got {len(mean)} and {len(std)}")
+
+
+CALL_MARK = "#"
+
+
+def split_call(layer: str) -> tuple[str, int | None]:
+    """``"_swish#3"`` -> ``("_swish", 3)``; a name without a call -> ``(name, None)``."""
+    name, mark, call = layer.rpartition(CALL_MARK)
+    if not mark:
+        return layer, None
+    if not call.isdigit():
+        raise FeatvisError(f"'{layer}': a call after '{CALL_MARK}' is a number from 1, e.g. {name}{CALL_MARK}1")
+    return name, int(call)
+
+
+def count_calls(model: FeatvisModel) -> dict[str, int] | None:
+    """How many times each module path of ``model.net`` runs in one forward pass of a blank image of the
+    model's input size, measured on a copy whose parameters and buffers are shape-only "meta" tensors
+    and which has no hooks: no arithmetic, and the user's model, its hooks and its lazy layers never see
+    the pass. None where the copy or the pass fails (a model that needs real values)."""
+    try:
+        memo: dict[int, object] = {}
+        for tensor in itertools.chain(model.net.parameters(), model.net.buffers()):
+            if not is_lazy(tensor):
+                meta = torch.empty_like(tensor, device="meta")
+                memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+        net = copy.deepcopy(model.net, memo).eval()
+        counts: dict[str, int] = {}
+        for path, module in net.named_modules():
+            for hooks in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
+                getattr(module, hooks, {}).clear()
+            if path:
+                module.register_forward_hook(lambda *_, path=path: counts.__setitem__(path, counts.get(path, 0) + 1))
+        parameter = next((p for p in net.parameters() if p.is_floating_point()), None)
+        x = torch.zeros(1, 3, model.input_size, model.input_size, device="meta",
+                        dtype=parameter.dtype if parameter is not None else torch.float32)
+        with torch.no_grad():
+            net(model.preprocess(x) if model.preprocess is not None else x[:, :1] if model.grayscale else x)
+        return counts
+    except Exception:  # noqa: BLE001 - any failure of the user's code on shape-only tensors: counts unknown
+        return None
 
 
 def as_model(model: nn.Module, **kwargs) -> FeatvisModel:

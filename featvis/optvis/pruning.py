@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 
 from ..core.probe import capture
-from ..models.wrapper import FeatvisModel
+from ..models.wrapper import FeatvisModel, split_call
 from .objectives import INPUT, Objective
 
 _CHILDREN: "weakref.WeakKeyDictionary[FeatvisModel, dict[tuple[tuple[str, ...], int], tuple[tuple[str, int], ...] | None]]" = (
@@ -46,7 +46,8 @@ def concat_children(model: FeatvisModel, layer: str, size: int) -> tuple[tuple[s
     parts = model.parts(layer)  # by all its parts: a concat layer is not the module it starts with
     cache = _CHILDREN.setdefault(model, {})
     if (parts, size) not in cache:
-        cache[(parts, size)] = _find_children(model, parts[0], size) if len(parts) == 1 else None
+        one_module = len(parts) == 1 and split_call(parts[0])[1] is None  # not a concat, nor one call of a shared module
+        cache[(parts, size)] = _find_children(model, parts[0], size) if one_module else None
     return cache[(parts, size)]
 
 

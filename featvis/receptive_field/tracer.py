@@ -37,7 +37,7 @@ from .._util.errors import FeatvisError
 from .._util.failures import forward_failed
 from ..core import shapes
 from ..models.modes import analysis, eval_mode
-from ..models.wrapper import FeatvisModel, as_model
+from ..models.wrapper import CALL_MARK, FeatvisModel, as_model
 from .field import _Axis, _Local, _Merged, _Op, _tensors, _Unknown
 from .result import ReceptiveField, union_field
 from .rules import _MODULE_RULES, _RULES, _module_rule, _op_name
@@ -87,11 +87,12 @@ class _Tracer(TorchFunctionMode):
 
 
 def _trace(model: FeatvisModel, size: tuple[int, int], origin: str | None = None) -> dict[str, tuple[Any, tuple[int, ...]]]:
-    """Run the model once on a blank image; the field and output shape of every module that ran.
+    """Run the model once on a blank image; the field and output shape of every site that ran (a module
+    path for its first call, ``path#k`` for its k-th: see ``FeatvisModel.site``).
 
     The run uses shape-only "meta" tensors (no arithmetic, so milliseconds for any model);
     a model that needs real values (``.item()``, numpy) is run for real instead. With ``origin``
-    (a module path) fields are measured on that module's output map instead of the image, along
+    (a site) fields are measured on that module's output map instead of the image, along
     the paths through it only, and only modules that finish after it are recorded.
     """
     try:
@@ -107,7 +108,8 @@ def _trace(model: FeatvisModel, size: tuple[int, int], origin: str | None = None
 def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool,
                 origin: str | None = None) -> dict[str, tuple[Any, tuple[int, ...]]]:
     tracer = _Tracer(size)
-    records: dict[str, tuple[Any, tuple[int, ...]]] = {}
+    records: dict[str, tuple[Any, tuple[int, ...]]] = {}  # by site: a path, and path#k for its k-th call
+    calls: dict[str, int] = {}
     pending: list[_Op | None] = []  # inputs of the user-rule modules running now
 
     def before(path: str):
@@ -129,13 +131,16 @@ def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool,
                     op.out = output
                     tracer.record(list(_tensors(output)), _module_rule(op, rule, module))
             tracer.stack.pop()
-            if path == origin and path not in records and isinstance(output, torch.Tensor) and output.dim() >= 3:
+            calls[path] = calls.get(path, 0) + 1
+            sites = (path, f"{path}{CALL_MARK}1") if calls[path] == 1 else (f"{path}{CALL_MARK}{calls[path]}",)
+            if origin in sites and origin not in records and isinstance(output, torch.Tensor) and output.dim() >= 3:
                 tracer.fields.clear()  # from here on, fields are measured on this map, along paths through it
                 records.clear()
                 tracer.input_size = tuple(output.shape[-2:])
                 tracer.fields[output] = _Local((-2, -1), tuple(_Axis.pixels(n) for n in output.shape[-2:]))
-            if path not in records and isinstance(output, torch.Tensor):
-                records[path] = (tracer.fields.get(output), tuple(output.shape))
+            for site in sites:
+                if site not in records and isinstance(output, torch.Tensor):
+                    records[site] = (tracer.fields.get(output), tuple(output.shape))
 
         return hook
 
@@ -214,12 +219,12 @@ def receptive_fields(
     model = as_model(model)
     size = shapes.positive_pair(input_size if input_size is not None else model.input_size, "input size")
     names = list(layers) if layers is not None else None
-    # a concat layer (model.concats) is the union of its parts' fields; every other name is one module
-    paths = [model.concats.get(name) or (model.resolve(name),) for name in names] if names is not None else None
+    # a concat layer (model.concats) is the union of its parts' fields; every other name is one site
+    paths = [model.parts(name) for name in names] if names is not None else None
     records = _trace(model, size)
     if names is None:
-        names = [path for path in model.layer_names() if path in records]
-        paths = [(path,) for path in names]
+        names = [site for site in model.sites() if site in records]
+        paths = [(site,) for site in names]
     missing = [name for name, parts in zip(names, paths) if any(path not in records for path in parts)]
     if missing:
         raise FeatvisError(
@@ -247,7 +252,7 @@ def relative_field(model: nn.Module, source: str, target: str, input_size: int |
     """
     model = as_model(model)
     size = shapes.positive_pair(input_size if input_size is not None else model.input_size, "input size")
-    source_path, target_path = model.resolve(source), model.resolve(target)
+    source_path, target_path = model.site(source), model.site(target)
     records = _trace(model, size, origin=source_path)
     if source_path not in records or len(records[source_path][1]) != 4:
         raise FeatvisError(f"layer '{source}' did not run or has no spatial map (C x H x W) in {model.name}; "

@@ -50,6 +50,7 @@ from .._util.errors import FeatvisError
 from .._util.reprs import short_repr
 from ..core.figures import TITLE_SIZE, add_colorbar, new_figure, show_image, show_map
 from ..core.probe import model_input, spatial_layers
+from ..core.sites import site_modules
 from ..inspect.feature_maps import to_input_space
 from ..models.labels import label_index
 from ..models.modes import analysis
@@ -119,8 +120,7 @@ def default_gradcam_layer(model: FeatvisModel, x: torch.Tensor) -> str:
 def _gradcam_layer(model: FeatvisModel, x: torch.Tensor, layer: str | None) -> str:
     if layer is None:
         return default_gradcam_layer(model, x)
-    path = model.resolve(layer)
-    if path not in spatial_layers(model, x):
+    if model.site(layer) not in spatial_layers(model, x):
         raise FeatvisError(
             f"layer '{layer}' has no spatial output (needs [N, C, H, W] with H*W > 1) for Grad-CAM; "
             f"choose a convolutional layer such as {default_gradcam_layer(model, x)}"
@@ -210,7 +210,9 @@ def _deconv(model, x, target, **_) -> torch.Tensor:
 
 
 def _gradcam(model, x, target, *, layer, **_) -> torch.Tensor:
-    cam = LayerGradCam(model, model.module(layer)).attribute(x, target=target, relu_attributions=True)
+    site = model.site(layer)
+    with site_modules(model, [site]) as modules:  # one call of a shared module: captum sees that call alone
+        cam = LayerGradCam(model, modules[site]).attribute(x, target=target, relu_attributions=True)
     return to_input_space(model, layer, cam[0, 0].detach(), tuple(x.shape[-2:])).unsqueeze(0).unsqueeze(0)
 
 

@@ -17,7 +17,7 @@ from ..core.layer_table import layer_table
 from ..core.plan import Layer
 from ..gallery import manifest as mf
 from ..gallery.job import unit_objective
-from ..models.wrapper import FeatvisModel, model_fingerprint
+from ..models.wrapper import FeatvisModel, model_fingerprint, split_call
 from ..optvis import Objective, RenderSettings, picture_key
 from ..receptive_field import ReceptiveField, receptive_fields
 from .queue import Picture
@@ -65,9 +65,12 @@ class ModelInfo:
         self.rows: list[Row] = []
         for entry in layer_table(model):
             aliases = tuple(entry["aliases"])
-            shape = tuple(entry["output_shape"]) if entry["output_shape"] else None
-            name = aliases[0] if aliases else entry["name"]
-            self.rows.append(Row(name, entry["name"], entry["type"], shape, aliases, fields.get(entry["name"])))
+            for one in entry.get("sites") or [entry]:  # a module that runs several times: a row per call
+                shape = tuple(one["output_shape"]) if one["output_shape"] else None
+                call = one["name"][len(entry["name"]):]  # "" or "#k"
+                names = tuple(alias + call for alias in aliases)
+                name = names[0] if names else one["name"]
+                self.rows.append(Row(name, one["name"], entry["type"], shape, names, fields.get(one["name"])))
         self._by_name: dict[str, Row] = {}
         for row in self.rows:
             for key in (row.name, row.path, *row.aliases):
@@ -103,7 +106,8 @@ class ModelInfo:
 
     def gallery_layer(self, row: Row) -> Layer:
         """The gallery's description of a layer (its records carry it)."""
-        order = self.model.layer_names().index(row.path) if row.path in self.model.layer_names() else len(self.rows)
+        module = split_call(row.path)[0]
+        order = self.model.layer_names().index(module) if module in self.model.layer_names() else len(self.rows)
         return Layer(row.name, row.path, row.aliases, row.shape[0], row.shape, order)
 
     # --- pictures ---------------------------------------------------------------------------

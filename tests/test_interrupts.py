@@ -1,7 +1,7 @@
 """Ctrl-C (a real SIGINT) in the middle of a command's heavy work: exit code 130, one line on
 stderr, and the output an earlier run wrote stays byte for byte as it was (nothing half-made
-replaces it). `featvis render` is covered in test_hostile_input, galleries in test_gallery,
-examples in test_examples."""
+replaces it), nothing half-printed on stdout. `featvis render` is covered in test_hostile_input,
+galleries in test_gallery, examples in test_examples."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ class Marked(nn.Module):
 
 
 def marked():
+    if "FEATVIS_TEST_LOAD_MARK" in os.environ:  # a command with little model work: interrupted while loading
+        Path(os.environ["FEATVIS_TEST_LOAD_MARK"]).touch()
+        time.sleep(120)
     return Marked()
 '''
 MAIN = "import sys; from featvis.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -58,21 +61,28 @@ def project(tmp_path) -> Path:
     return tmp_path
 
 
-def _interrupted(project: Path, *argv: str, sleep: float = 0.0) -> tuple[int, str]:
+def _interrupted(project: Path, *argv: str, sleep: float = 0.0, at_load: bool = False) -> tuple[int, str]:
     """Run featvis ``argv`` in a fresh process, SIGINT it once its model has run 40 forward passes (each
-    ``sleep`` seconds longer, for commands whose whole work is only a few hundred passes)."""
+    ``sleep`` seconds longer, for commands whose whole work is only a few hundred passes), or, ``at_load``,
+    while the user's factory builds the model (for commands whose model work is one pass or none)."""
+    out, err = _interrupted_run(project, *argv, sleep=sleep, at_load=at_load)
+    assert out[0] == "", out  # nothing half-printed on stdout
+    return out[1], err
+
+
+def _interrupted_run(project: Path, *argv: str, sleep: float, at_load: bool) -> tuple[tuple[str, int], str]:
     mark = project / "started"
     mark.unlink(missing_ok=True)
+    env = {**os.environ, "FEATVIS_TEST_SLEEP": str(sleep), "FEATVIS_TEST_LOAD_MARK" if at_load else "FEATVIS_TEST_MARK": str(mark)}
     process = subprocess.Popen([sys.executable, "-c", MAIN, *argv, "--quiet"], cwd=project, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "FEATVIS_TEST_MARK": str(mark), "FEATVIS_TEST_SLEEP": str(sleep)})
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 240
     while not mark.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=240)
-    return process.returncode, err
+    out, err = process.communicate(timeout=240)
+    return (out, process.returncode), err
 
 
 def test_ctrl_c_during_explain_keeps_the_earlier_page(project):
@@ -104,3 +114,47 @@ def test_ctrl_c_during_a_saliency_sanity_check_keeps_the_earlier_figure(project)
     assert code == 130, err
     assert err == "featvis: interrupted\n"
     assert figure.read_bytes() == b"an earlier figure"
+
+
+def test_ctrl_c_during_an_occlusion_map_keeps_the_earlier_figure(project):
+    figure = project / "saliency.png"
+    figure.write_bytes(b"an earlier figure")
+    code, err = _interrupted(project, "saliency", "nets.py:marked", "photo.png", "--method", "occlusion",
+                             "--internal-batch-size", "1", "--input-size", "32", "-o", "saliency.png", sleep=0.02)
+    assert code == 130, err
+    assert err == "featvis: interrupted\n"
+    assert figure.read_bytes() == b"an earlier figure"
+
+
+def test_ctrl_c_during_an_atlas_keeps_the_earlier_atlas(project):
+    pytest.importorskip("umap", reason="pip install 'featvis[atlas]'")
+    (project / "photos").mkdir()
+    for i in range(6):
+        Image.fromarray((np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)).save(project / "photos" / f"{i}.png")
+    atlas = project / "atlas.png"
+    atlas.write_bytes(b"an earlier atlas")
+    code, err = _interrupted(project, "atlas", "nets.py:marked", "--images", "photos", "--layer", "relu", "--grid", "2",
+                             "--samples", "60", "--workers", "0", "--input-size", "32", "--steps", "100000",
+                             "--size", "16", "-o", "atlas.png")
+    assert code == 130, err
+    assert err == "featvis: interrupted\n"
+    assert atlas.read_bytes() == b"an earlier atlas"
+    assert sorted(p.name for p in project.iterdir() if p.name.startswith("atlas")) == ["atlas.png"]
+
+
+@pytest.mark.parametrize("argv, output", [
+    (["maps", "nets.py:marked", "relu", "photo.png", "--input-size", "32", "-o", "maps.png"], "maps.png"),
+    (["filters", "nets.py:marked", "conv", "-o", "filters.png"], "filters.png"),
+    (["layers", "nets.py:marked", "--input-size", "32"], None),
+    (["classify", "nets.py:marked", "photo.png", "--input-size", "32"], None),
+    (["rf", "nets.py:marked", "relu", "--input-size", "32"], None),
+], ids=["maps", "filters", "layers", "classify", "rf"])
+def test_ctrl_c_while_a_quick_command_loads_its_model(project, argv, output):
+    """Commands whose model work is one pass or none, interrupted while the user's factory runs."""
+    if output:
+        (project / output).write_bytes(b"an earlier figure")
+    code, err = _interrupted(project, *argv, at_load=True)
+    assert code == 130, err
+    assert err == "featvis: interrupted\n"
+    if output:
+        assert (project / output).read_bytes() == b"an earlier figure"

@@ -254,9 +254,29 @@ class Mobile(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).view(x.size(0), -1))
 
 
+class Functional(nn.Module):
+    """Functional ReLUs and pooling, a reshape flatten, an nn.Flatten on the way, three input channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
+        self.to_flat = nn.Flatten()
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(self.to_flat(x.reshape(x.shape[0], 8, 8, 8)))
+
+
 def gray():
     torch.manual_seed(0)
     return GrayDigits()
+
+
+def functional():
+    torch.manual_seed(0)
+    return Functional()
 
 
 def mobile():
@@ -265,11 +285,12 @@ def mobile():
 '''
 
 
-@pytest.mark.parametrize("factory, options, layer", [
-    ("gray", ["--input-size", "28", "--mean", "0.1307", "--std", "0.3081"], "relu2"),
-    ("mobile", ["--input-size", "32"], "act#3"),
-], ids=["grayscale-28px", "shared-activation-se-depthwise-residual"])  # act#3: the shared ReLU's third call
-def test_every_command_runs_on_user_cnns_or_says_why_in_one_line(factory, options, layer, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("factory, options, layer, neuron", [
+    ("gray", ["--input-size", "28", "--mean", "0.1307", "--std", "0.3081"], "relu2", "conv2:1@2,3"),
+    ("mobile", ["--input-size", "32"], "act#3", "bn3:1@2,3"),
+    ("functional", ["--input-size", "32"], "conv2", "conv2:1@2,3"),
+], ids=["grayscale-28px", "shared-activation-se-depthwise-residual", "functional-relu-reshape-flatten"])  # act#3: the shared ReLU's third call
+def test_every_command_runs_on_user_cnns_or_says_why_in_one_line(factory, options, layer, neuron, tmp_path, monkeypatch, capsys):
     """Every command on each zoo model, through the command line as a user types it: exit 0 with JSON on
     stdout (the model's own prints go to stderr), never a traceback; `layers` lists exactly the
     module paths PyTorch's named_modules gives."""
@@ -291,8 +312,10 @@ def test_every_command_runs_on_user_cnns_or_says_why_in_one_line(factory, option
     commands = [
         ["layers", model, *options],
         ["classify", model, photo, *options],
-        ["render", model, f"{layer}:1", "fc:2", *options, "--steps", "2", "--size", "32", "--out-dir", "renders"],
+        ["render", model, f"{layer}:1", neuron, "fc:2", *options, "--steps", "2", "--size", "32", "--out-dir", "renders"],
         ["rf", model, layer, *options],
+        ["filters", model, "conv1", "-o", "filters.png"],
+        ["gallery", model, *options, "--layers", layer, "--channels", "0:2", "--steps", "2", "--size", "32", "--out", "gallery"],
         ["maps", model, layer, photo, *options, "-o", "maps.png"],
         *(["saliency", model, photo, *options, "--method", method, "-o", f"{method}.png"]
           for method in ("saliency", "ixg", "ig", "smoothgrad", "guided", "deconv", "gradcam", "guided-gradcam", "occlusion")),
@@ -310,6 +333,9 @@ def test_every_command_runs_on_user_cnns_or_says_why_in_one_line(factory, option
         if "conv3" in argv:  # NMF needs non-negative maps: the hint names the shared ReLU's call after conv3
             assert code == 2 and err.splitlines()[-1].startswith("featvis: error: 'conv3' has negative activations"), err
             assert "e.g. act#3, the first layer after it" in err, err
+            continue
+        if argv[0] == "explain" and factory == "functional":  # F.relu outputs are no layer: the hint says how to make one
+            assert code == 2 and "make the one after 'conv2' an nn.ReLU module" in err.splitlines()[-1], err
             continue
         if "act:1" in argv:
             assert "'act' runs 3 times in one forward pass" in err and "takes its first call, act#1" in err, err

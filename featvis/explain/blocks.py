@@ -223,9 +223,11 @@ def _groups(model: FeatvisModel, x: torch.Tensor, layer: str, acts: torch.Tensor
     c, h, w = acts.shape
     if bool((acts < 0).any()):
         after = _non_negative_after(model, x, layer)
-        hint = f"e.g. {after}, the first layer after it in {model.name} that has none" if after else "a layer after an activation such as ReLU"
+        hint = f"(e.g. {after}, the first layer after it in {model.name} that has none)" if after else \
+            (f"(no later layer of {model.name} is one: a ReLU applied as a function, F.relu, is no layer; make the "
+             f"one after '{layer}' an nn.ReLU module to explain it)")
         raise FeatvisError(f"'{layer}' has negative activations, which NMF cannot factor; use a layer whose activations "
-                           f"are never negative ({hint})")
+                           f"are never negative {hint}")
     result = nmf(acts.reshape(c, h * w).T, k, seed=seed)
     norms = result.H.norm(dim=1).clamp_min(1e-12)
     return Groups(layer, (result.W * norms).T.reshape(k, h, w), result.H / norms[:, None], result)

@@ -60,14 +60,25 @@ def _input_affine(model: FeatvisModel) -> tuple[torch.Tensor, torch.Tensor] | No
     return matrix, offset.view(3)
 
 
+class _Reached(Exception):
+    """Ends the forward pass at the convolution: what comes after (a head fixed to one input size) never runs."""
+
+
 def _reads_model_input(model: FeatvisModel, conv: nn.Conv2d) -> bool:
-    """Whether ``conv`` is applied to the normalised input image itself."""
+    """Whether ``conv`` is applied to the normalised input image itself (the pass stops at ``conv``)."""
     seen: list[torch.Tensor] = []
-    handle = conv.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach()) if not seen else None)
+
+    def reached(module: nn.Module, inputs: tuple) -> None:
+        seen.append(inputs[0].detach())
+        raise _Reached
+
+    handle = conv.register_forward_pre_hook(reached)
     x = torch.rand(1, 3, model.input_size, model.input_size, generator=torch.Generator().manual_seed(0)).to(model.mean.device)
     try:
         with torch.no_grad():
             model(x)
+    except _Reached:
+        pass
     finally:
         handle.remove()
     return bool(seen) and seen[0].shape == x.shape and torch.allclose(seen[0], model.normalize(x))

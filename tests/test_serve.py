@@ -31,6 +31,7 @@ pytest.importorskip("uvicorn", reason="featvis serve needs the serve extra: pip 
 
 NETS = '''
 import os
+import sys
 import time
 from collections import OrderedDict
 
@@ -41,10 +42,13 @@ import featvis
 
 
 class Sleep(nn.Module):
-    """Sleeps $FEATVIS_TEST_SLEEP seconds per forward pass (a test can kill a render in the middle)."""
+    """Sleeps $FEATVIS_TEST_SLEEP seconds per forward pass (a test can kill a render in the middle), and
+    $FEATVIS_TEST_EXAMPLES_SLEEP in a `featvis examples` process (a server's examples child)."""
 
     def forward(self, x):
         time.sleep(float(os.environ.get("FEATVIS_TEST_SLEEP", "0")))
+        if "examples" in sys.argv:
+            time.sleep(float(os.environ.get("FEATVIS_TEST_EXAMPLES_SLEEP", "0")))
         return x
 
 
@@ -470,3 +474,54 @@ def test_layer_table_unit_sections_agree_with_pytorch(server, project):
     assert [name for _, name in shown] == expected
     for value, name in shown:
         assert float(value) == pytest.approx(best[name], rel=5e-3)
+
+
+def _children(pid: int) -> list[int]:
+    """Living processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)],
+                         ids=["ctrl-c", "sigterm", "kill-9"])
+def test_a_signal_ends_the_server_and_its_examples_child_within_seconds(project, tmp_path, sig, code):
+    """A unit page starts a slow `featvis examples` child (every forward pass sleeps 30 s); SIGINT or SIGTERM
+    ends the server (exit 130 / 143, one line) and the child within 10 s, with queued passes dropped; after
+    kill -9 of the server the child ends by itself (it dies with its parent)."""
+    serve = Serve(project, tmp_path / "cache", "--images", "photos", env={"FEATVIS_TEST_EXAMPLES_SLEEP": "30"})
+    try:
+        for layer in ("conv1", "conv2", "conv3"):  # one pass runs, two wait in the queue
+            assert serve.get(f"/layer/{layer}/0")[0] == 200
+        end = time.monotonic() + 60
+        while not (children := _children(serve.process.pid)) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert children, "no examples child started"
+        time.sleep(1.0)  # the child is loading or streaming
+        start = time.monotonic()
+        serve.process.send_signal(sig)
+        serve.process.wait(10)
+        end = time.monotonic() + 10
+        while any(_alive(child) for child in children) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not [child for child in children if _alive(child)], "the examples child outlived the server"
+        assert time.monotonic() - start < 10
+        assert serve.process.returncode == code
+        if sig != signal.SIGKILL:
+            assert serve.stderr[-1:] == [{130: "featvis: interrupted\n", 143: "featvis: terminated\n"}[code]], serve.stderr
+    finally:
+        serve.stop()

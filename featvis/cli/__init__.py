@@ -5,7 +5,8 @@ building the parser imports no torch (``featvis --help`` and argument errors sta
 import the library inside ``run``. While a command runs, stdout carries only its own output.
 User-fixable problems (FeatvisError, bad arguments, an exception in the user's model code)
 print one line on stderr and exit with code 2; Python warnings print as one line each;
-Ctrl-C at any point, start-up included, prints one line and exits with code 130.
+Ctrl-C at any point, start-up included, prints one line and exits with code 130 (SIGTERM to
+`featvis serve`: 143).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from .._util.errors import FeatvisError
+from .._util.errors import FeatvisError, Terminated
 from .._util.failures import routed_warnings, user_code_error
 from .._util.heap import keep_freed_memory
 from .streams import commands_own_stdout
@@ -42,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def signal_exit(exc: BaseException) -> int:
+    """Say that a command was stopped by Ctrl-C (exit code 130) or SIGTERM (143), in one line."""
+    terminated = isinstance(exc, Terminated)
+    print("featvis: terminated" if terminated else "featvis: interrupted", file=sys.stderr)
+    return 143 if terminated else 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``featvis`` console script; returns the exit code."""
     try:
@@ -57,9 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `featvis ... | head` closed the pipe: not an error
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("featvis: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        return signal_exit(exc)
     except Exception as exc:  # an exception in the user's model code is theirs to fix; anything else is a bug
         error = user_code_error(exc)
         if error is None:

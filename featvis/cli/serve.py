@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import signal
 import socket
 import sys
 from pathlib import Path
 
-from .._util.errors import FeatvisError
+from .._util.errors import FeatvisError, Terminated
 from .common import add_model_args, add_render_args, model_from_args, positive_int, render_settings
 
 
@@ -131,8 +133,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"featvis serve: warning: listening on {host}, reachable from other machines", file=sys.stderr)
     print(f"featvis serve: {model.name} at http://{shown}:{port}/ (cache {cache})", flush=True)
     config = uvicorn.Config(server.app, log_level="warning", access_log=False, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again to the handler it found:
+    # SIGINT ends as every command's Ctrl-C (exit 130), SIGTERM as `Terminated` (exit 143). The queued work is
+    # dropped, the child processes end, and the process exits at once: its worker threads may be inside torch,
+    # and an interpreter torn down under them aborts
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except (KeyboardInterrupt, Terminated) as exc:
+        from . import signal_exit
+
+        server.stop()
+        code = signal_exit(exc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop()
     return 0
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
 
 
 def _loopback(host: str) -> bool:

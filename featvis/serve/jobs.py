@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +25,8 @@ from typing import Any, Callable, Sequence
 from .._util.errors import FeatvisError
 from .state import State
 
+#: seconds a child process gets to end after SIGTERM before it is killed
+CHILD_GRACE = 3.0
 
 
 @dataclass
@@ -37,15 +40,34 @@ class Task:
     log: list[str] = field(default_factory=list)
 
 
+class _Worker:
+    """One daemon thread running submitted calls in order: a server stopping never waits for queued
+    or running work (daemon threads end with the process; every cache write is atomic)."""
+
+    def __init__(self, name: str):
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        self._calls.put(call)
+
+    def _loop(self) -> None:
+        while True:
+            self._calls.get()()
+
+
 class Tasks:
-    """A one-thread executor for model work, plus one for example passes (subprocesses)."""
+    """One worker for model work, one for example passes (subprocesses); `stop` drops what is queued
+    and ends the running child processes."""
 
     def __init__(self, log: Callable[[str], None] = lambda message: None):
         self.log = log
         self._tasks: dict[tuple, Task] = {}
         self._lock = threading.Lock()
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="featvis-serve-model")
-        self._process_pool = ThreadPoolExecutor(1, thread_name_prefix="featvis-serve-examples")
+        self._model_worker = _Worker("featvis-serve-model")
+        self._process_worker = _Worker("featvis-serve-examples")
+        self._children: set[subprocess.Popen] = set()
+        self._stopping = False
 
     def get(self, key: tuple) -> Task | None:
         with self._lock:
@@ -59,20 +81,64 @@ class Tasks:
             if task is not None and (task.state != State.FAILED or not retry):
                 return task
             task = self._tasks[key] = Task(key)
-        (self._process_pool if process else self._model_pool).submit(self._run, task, work)
+        (self._process_worker if process else self._model_worker).submit(lambda: self._run(task, work))
         return task
 
     def _run(self, task: Task, work: Callable[[Task], Any]) -> None:
+        if self._stopping:
+            return
         task.state = State.RUNNING
         try:
             task.result = work(task)
             task.state = State.DONE
         except Exception as exc:  # the server keeps serving; the page names the problem
+            if self._stopping:  # ended by `stop`: not a failure to report
+                task.state = State.FAILED
+                return
             if not isinstance(exc, FeatvisError):
                 traceback.print_exc(file=sys.stderr)
             task.error = str(exc) if isinstance(exc, FeatvisError) else f"{type(exc).__name__}: {exc}"
             task.state = State.FAILED
             self.log(f"featvis serve: {task.key[0]} failed: {task.error}")
+
+    def run_process(self, command: list[str]) -> tuple[int, str, str]:
+        """Run ``command`` as a child that dies with this process (even by kill -9, on Linux) and that
+        `stop` ends; ``(exit code, stdout, stderr)``."""
+        with self._lock:
+            if self._stopping:
+                raise FeatvisError("the server is stopping")
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
+            self._children.add(child)
+        try:
+            out, err = child.communicate()
+        finally:
+            with self._lock:
+                self._children.discard(child)
+        return child.returncode, out, err
+
+    def stop(self) -> None:
+        """Queued tasks never start; running child processes get SIGTERM, then SIGKILL after `CHILD_GRACE`."""
+        with self._lock:
+            self._stopping = True
+            children = list(self._children)
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(CHILD_GRACE)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when the parent dies, however it dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere `Tasks.stop` alone ends children)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def examples_command(model_args: Sequence[str], images: str, layer: str, out: Path, k: int, workers: int) -> list[str]:
@@ -81,14 +147,13 @@ def examples_command(model_args: Sequence[str], images: str, layer: str, out: Pa
             "--out", str(out), "--k", str(k), "--workers", str(workers), "--full", "--quiet", "--json"]
 
 
-def run_examples(command: list[str], out: Path) -> dict:
-    """Run one examples pass (resumable: a killed server's pass continues) and read its summary."""
-    done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        raise FeatvisError(lines[-1].removeprefix("featvis: error: ") if lines else f"featvis examples exited {done.returncode}")
-    return json.loads(done.stdout)
+def run_examples(tasks: Tasks, command: list[str]) -> dict:
+    """Run one examples pass (resumable: a stopped server's pass continues) and read its summary."""
+    code, out, err = tasks.run_process(command)
+    if code != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        raise FeatvisError(lines[-1].removeprefix("featvis: error: ") if lines else f"featvis examples exited {code}")
+    return json.loads(out)
 
 
 def example_file(out: Path, rel: str | None) -> Path | None:

@@ -64,7 +64,7 @@ class Sections:
     def start_examples(self, layer: str, retry: bool = False) -> Task:
         out = self.layout.examples(layer)
         command = examples_command(self.options.model_args, str(self.images), layer, out, self.options.k, self.options.workers)
-        return self.tasks.start(("examples", layer), lambda task: run_examples(command, out), process=True, retry=retry)
+        return self.tasks.start(("examples", layer), lambda task: run_examples(self.tasks, command), process=True, retry=retry)
 
     def start_circuits(self, layer: str, channel: int, retry: bool = False) -> Task:
         return self.tasks.start(("circuits", layer, channel), lambda task: self.circuits.connections(layer, channel), retry=retry)
@@ -142,6 +142,11 @@ class Server:
         self.photos = Photos(aux, self.cache.layout, tasks, explain, options.upload_mb)
         self.app = HostGuard(build_app(info, self.queue, self.cache, self.sections, self.photos),
                              allowed_hosts(options.host, options.allow_hosts), options.host)
+        self._tasks = tasks
+
+    def stop(self) -> None:
+        """Drop queued background work and end child processes (the render queue's thread ends with the process)."""
+        self._tasks.stop()
 
 
 def _default_explain_layer(info: ModelInfo) -> str:

@@ -525,3 +525,17 @@ def test_a_signal_ends_the_server_and_its_examples_child_within_seconds(project,
             assert serve.stderr[-1:] == [{130: "featvis: interrupted\n", 143: "featvis: terminated\n"}[code]], serve.stderr
     finally:
         serve.stop()
+
+
+def test_a_negative_is_of_the_layer_before_the_activation(server, project, tmp_path):
+    """relu1's negative optimises -conv1 (the module relu1 reads, by its forward), as Lucid negates
+    mixed4a_pre_relu: the page says so, and the picture is what a separate `featvis render` makes of it."""
+    status, body, _ = server.get("/layer/relu1/2")
+    assert status == 200 and "-conv1:2: the layer before its activation" in body.decode()
+    keys = re.findall(r'data-(?:picture|done)="([0-9a-f]{64})"', body.decode())
+    states = {server.wait(key)["spec"]: server.wait(key) for key in keys}
+    assert set(states) == {"relu1:2", "-conv1:2"}
+    state = states["-conv1:2"]
+    expected = cli_render(project, state["meta"]["batch"], tmp_path)
+    assert np.array_equal(pixels(server.get("/files/" + state["files"][0])[1]), expected["-conv1:2"])
+    assert "the layer before its activation" not in server.get("/layer/conv2/2")[1].decode()  # conv2 may go negative

@@ -24,6 +24,7 @@ from torch import nn
 from .._util.choices import GALLERY_BATCH, GALLERY_PATCHES
 from .._util.errors import FeatvisError
 from .._util.fileio import ensure_writable_dir
+from ..core.activations import pre_activation
 from ..core.images import load_image, save_image
 from ..core.plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
 from ..core.probe import capture
@@ -44,13 +45,14 @@ DEFAULT_PATCHES = GALLERY_PATCHES
 DIVERSITY_WEIGHT = 100.0  # Lucid's weight for its diversity example: channel + 1e2 * diversity
 
 
-def unit_objective(layer: str, c: int, kind: str, images: int = 0) -> Objective:
-    """A channel's objective for a kind of picture: ``positive``, ``negative``, or ``diversity`` of
-    ``images`` pictures (Lucid's channel + 1e2 * diversity); the gallery's and serve's."""
+def unit_objective(layer: str, c: int, kind: str, images: int = 0, pre: str | None = None) -> Objective:
+    """A channel's objective for a kind of picture: ``positive``, ``negative`` (of the layer's pre-activation
+    ``pre`` where it has one: featvis.core.activations), or ``diversity`` of ``images`` pictures (Lucid's
+    channel + 1e2 * diversity); the gallery's and serve's."""
     if kind == "positive":
         return channel(layer, c)
     if kind == "negative":
-        return -channel(layer, c)
+        return -channel(pre or layer, c)
     return channel(layer, c) + DIVERSITY_WEIGHT * diversity(layer, images)
 
 
@@ -189,9 +191,10 @@ class GalleryJob:
     def make_renders(self, unit: Unit) -> list[Record]:
         """Feature visualizations (and negatives) of the unit's unfinished channels, in one render call."""
         todo = []
+        pre = pre_activation(self.model, unit.layer.name) if self.negative else None
         for kind in ("positive", "negative") if self.negative else ("positive",):
             for c in unit.channels:
-                objective = unit_objective(unit.layer.name, c, kind)
+                objective = unit_objective(unit.layer.name, c, kind, pre=pre)
                 settings = self.item_settings(unit.layer, c, kind, objective)
                 if self.todo(unit.layer, c, kind, settings):
                     todo.append((c, kind, objective, settings))

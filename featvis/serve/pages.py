@@ -200,8 +200,10 @@ def unit_page(info: ModelInfo, row: Row, channel: int, pictures: dict[str, Pictu
     for kind, title in (("positive", "Feature visualization"), ("negative", "Negative"), ("diversity", "Diversity")):
         if kind in pictures:
             picture = pictures[kind]
-            sections += [tag("h2", title), tag("div", tag("div", picture_box(None, picture, f"{name} {kind}"),
-                                                          class_="card"), class_="grid big", id=f"picture-{kind}")]
+            note = tag("p", f"{picture.spec}: the layer before its activation, since a unit after a ReLU cannot go below 0",
+                       class_="muted") if kind == "negative" and picture.spec != f"-{name}" else None
+            sections += [tag("h2", title), *([note] if note else []), tag("div", tag("div", picture_box(None, picture, f"{name} {kind}"),
+                                                                class_="card"), class_="grid big", id=f"picture-{kind}")]
     links = []
     if channel > 0:
         links.append(tag("a", f"← {row.name}:{channel - 1}", href=unit_href(row.name, channel - 1)))

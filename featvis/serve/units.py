@@ -13,6 +13,7 @@ import torch
 
 from .._util.errors import FeatvisError
 from ..circuits import previous_layer
+from ..core.activations import pre_activation
 from ..core.layer_table import layer_table
 from ..core.plan import Layer
 from ..gallery import manifest as mf
@@ -77,6 +78,7 @@ class ModelInfo:
                 self._by_name.setdefault(key, row)
         self.order = [row.name for row in self.rows if row.has_channels]
         self._next: dict[str, str] = {}
+        self._pre: dict[str, str | None] = {}  # a layer's pre-activation, for its negatives (found when first asked)
         for row in self.rows:
             before = self.source_of(row.name)
             if before is not None:
@@ -113,7 +115,9 @@ class ModelInfo:
     # --- pictures ---------------------------------------------------------------------------
     def objective(self, row: Row, index: int, kind: str) -> Objective:
         """The gallery's objective for a kind of picture (featvis.gallery.job.unit_objective)."""
-        return unit_objective(row.name, index, kind, self.diversity)
+        if kind == "negative" and row.name not in self._pre:
+            self._pre[row.name] = pre_activation(self.model, row.name)
+        return unit_objective(row.name, index, kind, self.diversity, pre=self._pre.get(row.name))
 
     def picture(self, row: Row, index: int, kind: str, priority: int = 0) -> Picture:
         """The picture set of one kind for a unit, with the gallery's settings and file names."""

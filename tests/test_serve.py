@@ -539,3 +539,45 @@ def test_a_negative_is_of_the_layer_before_the_activation(server, project, tmp_p
     expected = cli_render(project, state["meta"]["batch"], tmp_path)
     assert np.array_equal(pixels(server.get("/files/" + state["files"][0])[1]), expected["-conv1:2"])
     assert "the layer before its activation" not in server.get("/layer/conv2/2")[1].decode()  # conv2 may go negative
+
+
+def test_examples_keep_numbers_cut_crops_when_shown_and_never_run_twice(project, tmp_path):
+    """A unit page over 28 photos: the pass stores numbers only (no PNG until a page shows one), each crop
+    shown is byte for byte the crop a separate `featvis examples` run cuts, and a restarted server reads
+    the finished pass back (its files untouched) instead of running it again."""
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos28"
+    photos.mkdir()
+    for i in range(28):
+        Image.fromarray((rng.random((90 + i, 120, 3)) * 255).astype(np.uint8)).save(photos / f"{i:02d}.png")
+    cache = tmp_path / "cache"
+    serve = Serve(project, cache, "--images", str(photos))
+    try:
+        assert serve.get("/layer/conv2/3")[0] == 200
+        html = fragment(serve, "/fragment/examples/conv2/3")
+        crops = re.findall(r'src="(/examples/conv2/3/\d+\.png)"', html)
+        assert len(crops) == 9
+        folder = next((cache / "examples").glob("*/conv2"))
+        assert list(folder.rglob("*.png")) == []  # numbers only, so far
+        assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 1_000_000
+        shown = [serve.get(url) for url in crops]
+    finally:
+        serve.stop()
+    assert all(status == 200 for status, _, _ in shown)
+    assert len(list(folder.rglob("*.png"))) == 9  # one per crop shown
+    done = subprocess.run([sys.executable, "-m", "featvis", "examples", "nets.py:small", "--images", str(photos), "--layers",
+                           "conv2", "--channels", "3", "--k", "9", "--workers", "0", "--out", str(tmp_path / "cli"), "--json", "-q"],
+                          cwd=project, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    entries = json.loads(done.stdout)["layers"]["conv2"]["3"]
+    assert [(tmp_path / "cli" / e["crop"]).read_bytes() for e in entries] == [body for _, body, _ in shown]
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    again = Serve(project, cache, "--images", str(photos))
+    try:
+        start = time.monotonic()
+        assert again.get("/layer/conv2/3")[0] == 200
+        assert re.findall(r'src="(/examples/conv2/3/\d+\.png)"', fragment(again, "/fragment/examples/conv2/3")) == crops
+        assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == stamps  # read back, not run again
+        assert time.monotonic() - start < 30
+    finally:
+        again.stop()

@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--shard", metavar="i/N", help="process every N-th image from i (default: torchrun's "
                                                        "RANK/WORLD_SIZE, else 0/1)")
     parser.add_argument("--full", action="store_true", help="also save each example's whole image with the box drawn")
+    parser.add_argument("--no-crops", dest="crops", action="store_false",
+                        help="store numbers only (path, unit, box, activation), no crop PNGs: a pass over a large "
+                             "collection writes one JSON file per layer")
     parser.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
                         help="seconds between checkpoints (default 60)")
     parser.add_argument("--merge", metavar="DIR", help="join the finished shards' results in DIR into the final files")
@@ -45,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         raise FeatvisError("--merge DIR takes no MODEL, --images or --out; run `featvis examples --merge DIR`")
     missing = [name for name, value in (("MODEL", args.model), ("--images", args.images), ("--layers", args.layers),
                                         ("--out", args.out)) if not value]
+    if args.full and not args.crops:
+        raise FeatvisError("--full saves whole images beside the crops; drop --no-crops or --full")
     if missing and not args.merge:  # checked before torch is imported
         raise FeatvisError(f"missing {', '.join(missing)}; run `featvis examples MODEL --images SOURCE --layers L1,L2 "
                            "--out DIR`")
@@ -67,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         model = model_from_args(args)
         result = dataset_examples(model, args.images, args.layers, args.out, channels=args.channels, k=args.k,
                                   batch=args.batch, workers=args.workers, negative=args.negative, shard=shard,
-                                  full=args.full, checkpoint_every=args.checkpoint_every, progress=show_progress(args))
+                                  full=args.full, checkpoint_every=args.checkpoint_every, progress=show_progress(args),
+                                  crops=args.crops)
     if args.json:
         print_json(result.to_json())
     elif result.merged:

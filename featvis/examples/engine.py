@@ -27,7 +27,7 @@ from ..core.probe import Probe
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from .layers import PassLayer, resolve_pass_layers
-from .results import FORMAT, SHARD_DIR, merge_docs, read_shards, shard_file, summary_of, write_final
+from .results import FORMAT, SHARD_DIR, SUMMARY, merge_docs, read_shards, shard_file, summary_of, write_final
 from .source import Batch, check_loader_args, images_digest, list_images
 from .stream import stream
 from .topk import TopK, peaks
@@ -107,13 +107,16 @@ def dataset_examples(
     full: bool = False,
     checkpoint_every: float = 60.0,
     progress: bool = True,
+    crops: bool = True,
 ) -> ExamplesResult:
     """Each channel's ``k`` top images in ``images`` (a folder, searched recursively, or a text file of paths).
 
     ``layers``: names or aliases (``"mixed4c,mixed4a_pre_relu"``); ``channels``: e.g. ``"0:16"`` (all by
     default), or a selection per layer name; ``full``: also each example's whole image with the box drawn; ``negative``: also the ``k`` most negative. Results go to ``out`` (see
     featvis.examples.results); ``shard=(i, N)`` (default torchrun's RANK/WORLD_SIZE) processes every
-    N-th image, and the shard finishing last merges. Resumes from the checkpoint after a kill.
+    N-th image, and the shard finishing last merges. Resumes from the checkpoint after a kill; a finished
+    run with the same settings is read back, not run again. ``crops=False`` stores numbers only (path, unit,
+    box, activation): `featvis.examples.results.example_png` cuts a crop when one is wanted.
     """
     fmodel = as_model(model)
     k, batch, workers = int(k), int(batch), int(workers)
@@ -126,9 +129,12 @@ def dataset_examples(
     index, count = shard if shard is not None else shard_from_env()
     chosen = resolve_pass_layers(fmodel, parse_layers(layers), channels)
     job = {"format": FORMAT, "model": fmodel.name, "fingerprint": model_fingerprint(fmodel), "k": k, "negative": negative,
-           "full": full, "input_size": fmodel.input_size, "images_digest": images_digest(paths),
+           "full": full, "crops": bool(crops), "input_size": fmodel.input_size, "images_digest": images_digest(paths),
            "layers": {layer.name: [list(layer.parts), list(layer.channels)] for layer in chosen}}
     digest = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
+    final = _finished(root / SUMMARY, digest)
+    if final is not None:  # every shard is done and merged with these settings: nothing to run
+        return ExamplesResult(root, final, (index, count), True)
     result_path = shard_file(root, (index, count))
     doc = _finished(result_path, digest)
     resumed_at, seconds = 0, 0.0
@@ -141,7 +147,7 @@ def dataset_examples(
                             digest=f"{digest}:{index}/{count}", checkpoint_every=checkpoint_every, progress=progress)
         resumed_at, seconds = report.resumed_at, report.seconds
         doc = {"format": FORMAT, "job": digest, "shard": [index, count], "model": fmodel.name, "k": k,
-               "negative": negative, "full": full, "input_size": fmodel.input_size, "images": report.read,
+               "negative": negative, "full": full, "crops": bool(crops), "input_size": fmodel.input_size, "images": report.read,
                "skipped": [{"path": p, "error": e} for p, e in report.skipped],
                "layers": consumer.result(paths, fmodel.input_size)}
         if not doc["images"] and count == 1:
@@ -172,7 +178,7 @@ def merge_examples(out: str | os.PathLike, *, workers: int = 2, progress: bool =
 
 
 def _finished(path: Path, digest: str) -> dict | None:
-    """This shard's earlier result, if it was made with the same settings."""
+    """An earlier result (a shard's, or the merged summary), if it was made with the same settings."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -102,8 +102,16 @@ def draw_box(image: torch.Tensor, box: Sequence[int], width: int = 2) -> torch.T
     return out
 
 
+def example_png(image: torch.Tensor, box: Sequence[int], full: bool = False) -> bytes:
+    """An example's PNG from its prepared image [3, S, S]: the crop of ``box``, or (``full``) the whole
+    image with the box drawn. The one way crops are made, by the pass and on demand (serve)."""
+    y0, x0, y1, x1 = box
+    return png_bytes(draw_box(image, box) if full else image[:, y0:y1, x0:x1], fast=True)
+
+
 def write_final(out: Path, doc: dict, *, workers: int = 0, progress: bool = False) -> dict:
-    """Cut every entry's crop from its image (each image read once), then write the JSON files; returns the summary."""
+    """Cut every entry's crop from its image (each image read once; none for a pass without crops: they
+    are cut on demand by `example_png`), then write the JSON files; returns the summary."""
     size, full = doc["input_size"], doc["full"]
     wanted: dict[str, list[tuple[str, str, int, dict]]] = {}
     for name, info in doc["layers"].items():
@@ -113,18 +121,17 @@ def write_final(out: Path, doc: dict, *, workers: int = 0, progress: bool = Fals
                     wanted.setdefault(entry["path"], []).append((info["slug"], channel, rank, entry))
                     entry["crop"] = None
                     entry["kind"] = kind
-    paths = sorted(wanted)
+    paths = sorted(wanted) if doc.get("crops", True) else []
     with progress_bar(len(paths), "crops", "img", enabled=progress) as bar:
         for batch in loader(paths, range(len(paths)), size, 16, workers):
             for index, image, hw in zip(batch.indices, batch.images, batch.sizes):
                 for layer_slug, channel, rank, entry in wanted[paths[index]]:
                     stem = f"{layer_slug}/{channel}/{'n' if entry['kind'] == 'negative' else ''}{rank}"
-                    y0, x0, y1, x1 = entry["box"]
-                    _write(out / f"{stem}.png", png_bytes(image[:, y0:y1, x0:x1], fast=True))
+                    _write(out / f"{stem}.png", example_png(image, entry["box"]))
                     entry["crop"] = f"{stem}.png"
                     entry["box_in_file"] = box_in_file(entry["box"], hw, size)
                     if full:
-                        _write(out / f"{stem}-full.png", png_bytes(draw_box(image, entry["box"]), fast=True))
+                        _write(out / f"{stem}-full.png", example_png(image, entry["box"], full=True))
                         entry["full"] = f"{stem}-full.png"
             bar.update(len(batch.indices) + len(batch.errors))
     for entries in wanted.values():
@@ -156,6 +163,8 @@ def summary_of(doc: dict) -> dict:
     """The ``--json`` shape: images read, skipped images, per layer and channel the entries best first."""
     summary = {"images": doc["images"], "skipped": doc["skipped"],
                "layers": {name: info["positive"] for name, info in doc["layers"].items()}}
+    if doc.get("job"):
+        summary["job"] = doc["job"]  # the settings it was made with: a rerun with the same ones reads it back
     negatives = {name: info["negative"] for name, info in doc["layers"].items() if "negative" in info}
     if negatives:
         summary["negative"] = negatives

@@ -31,7 +31,7 @@ from .._util.fileio import atomic_write_bytes
 from .._util.heap import give_back_memory
 from ..core.images import load_image
 from . import pages
-from .jobs import example_file
+from .jobs import example_crop
 from .state import State
 from .units import KINDS, NotFound
 
@@ -86,7 +86,7 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
             sections.start_examples(row.name, retry=True)
         sections.start_circuits(row.name, channel, retry=True)
         sections.start_erf(row.name, retry=True)
-        return _html(pages.unit_page(info, row, channel, pictures, examples_on))
+        return _html(pages.unit_page(info, row, channel, pictures, sections.photo_count))
 
     def enqueue(request: Request) -> Response:
         row, channel = info.unit(request.path_params["name"], request.path_params["channel"])
@@ -137,7 +137,7 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
             return waiting
         entries = task.result["layers"].get(row.name, {}).get(str(channel), [])
         base = f"/examples/{pages.quote(row.name, safe='')}/{channel}"
-        urls = [(f"{base}/{rank}.png", f"{base}/{rank}-full.png" if entry.get("full") else None) for rank, entry in enumerate(entries)]
+        urls = [(f"{base}/{rank}.png", f"{base}/{rank}-full.png") for rank in range(len(entries))]
         return _html(pages.examples_fragment(row.name, entries, urls))
 
     def example_image(request: Request) -> Response:
@@ -148,11 +148,12 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
             raise NotFound("no such dataset example")
         entries = task.result["layers"].get(row.name, {}).get(str(channel), [])
         rank = int(match[1])
-        entry = entries[rank] if rank < len(entries) else {}
-        path = example_file(cache.layout.examples(row.name),
-                            entry.get("full" if match[2] else "crop"))
-        if path is None:
+        if rank >= len(entries):
             raise NotFound(f"no dataset example {rank} for {row.name}:{channel}")
+        try:
+            path = example_crop(cache.layout, row.name, entries[rank], info.model.input_size, full=bool(match[2]))
+        except FeatvisError as exc:  # the photo was moved or broken since the pass
+            raise NotFound(str(exc)) from None
         return FileResponse(path, media_type="image/png")
 
     def circuits_fragment(request: Request) -> Response:

@@ -10,6 +10,7 @@ layer's pass happens once, across restarts too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -23,6 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .._util.errors import FeatvisError
+from .._util.fileio import atomic_write_bytes
+from ..examples.results import example_png
+from ..examples.source import read_prepared
+from .layout import CacheLayout
 from .state import State
 
 #: seconds a child process gets to end after SIGTERM before it is killed
@@ -142,9 +147,10 @@ def _die_with_parent() -> None:
 
 
 def examples_command(model_args: Sequence[str], images: str, layer: str, out: Path, k: int, workers: int) -> list[str]:
-    """The ``featvis examples`` command line that computes one layer's dataset examples into ``out``."""
+    """The ``featvis examples`` command line that computes one layer's dataset examples into ``out``: numbers
+    only (``--no-crops``), the pages cut the crops they show (`example_crop`)."""
     return [sys.executable, "-m", "featvis", "examples", *model_args, "--images", images, "--layers", layer,
-            "--out", str(out), "--k", str(k), "--workers", str(workers), "--full", "--quiet", "--json"]
+            "--out", str(out), "--k", str(k), "--workers", str(workers), "--no-crops", "--quiet", "--json"]
 
 
 def run_examples(tasks: Tasks, command: list[str]) -> dict:
@@ -156,10 +162,14 @@ def run_examples(tasks: Tasks, command: list[str]) -> dict:
     return json.loads(out)
 
 
-def example_file(out: Path, rel: str | None) -> Path | None:
-    """A file an examples result names, only if it lies inside ``out`` (never elsewhere)."""
-    if not rel:
-        return None
-    path = (out / rel).resolve()
-    root = out.resolve()
-    return path if path.is_relative_to(root) and path.suffix == ".png" and path.is_file() else None
+def example_crop(layout: CacheLayout, layer: str, entry: dict, size: int, full: bool) -> Path:
+    """The PNG of one example (its crop, or with ``full`` its whole prepared image with the box drawn), cut
+    from its photo as the pass cut it (`example_png`) the first time it is asked for, then kept."""
+    key = hashlib.sha256(json.dumps([entry["path"], entry["box"], size, full]).encode()).hexdigest()[:32]
+    path = layout.example_crop(layer, key)
+    if not path.is_file():
+        image, error, _ = read_prepared(entry["path"], size)
+        if image is None:
+            raise FeatvisError(f"cannot read the example photo again: {error}")
+        atomic_write_bytes(path, example_png(image, entry["box"], full=full))
+    return path

@@ -4,7 +4,8 @@
     manifests/serve-<model>.json             the gallery records of what the server rendered
     serve/<digest>.json                      a picture set's sidecar (its files' SHA-256, its numbers)
     serve/.manifest.lock                     serialises manifest updates of servers sharing the folder
-    examples/<model>/<layer>/                a layer's dataset-examples pass (featvis examples)
+    examples/<model>/<layer>/                a layer's dataset-examples pass (featvis examples --no-crops: numbers)
+    examples/<model>/<layer>/crops/<key>.png an example's crop (or whole image), cut when a page first shows it
     erf/<model>-<layer>.png, .json           a layer's effective receptive field
     photos/uploads/<id>.png                  an uploaded photo
     photos/<model>/<id>/<settings>/          its analysis (input.png, saliency.png, explain.html)
@@ -47,6 +48,10 @@ class CacheLayout:
 
     def examples(self, layer: str) -> Path:
         return self.root / "examples" / self.model / slug(layer)
+
+    def example_crop(self, layer: str, key: str) -> Path:
+        """``key``: a digest of the example (its photo, box and whether the whole image is wanted)."""
+        return self.examples(layer) / "crops" / f"{key}.png"
 
     def erf(self, layer: str) -> Path:
         return self.root / "erf" / f"{self.model}-{slug(layer)}.png"

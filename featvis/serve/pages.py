@@ -194,7 +194,8 @@ def rf_svg(info: ModelInfo, row: Row) -> Markup:
     return tag("div", svg, tag("p", text, class_="muted"), class_="rf")
 
 
-def unit_page(info: ModelInfo, row: Row, channel: int, pictures: dict[str, Picture], examples: bool) -> str:
+def unit_page(info: ModelInfo, row: Row, channel: int, pictures: dict[str, Picture], photos: int) -> str:
+    """``photos``: the size of the --images collection (0: none)."""
     name = f"{row.name}:{channel}"
     sections = []
     for kind, title in (("positive", "Feature visualization"), ("negative", "Negative"), ("diversity", "Diversity")):
@@ -215,9 +216,10 @@ def unit_page(info: ModelInfo, row: Row, channel: int, pictures: dict[str, Pictu
     sections += [tag("h2", "Neighbours"), tag("p", [join(" · " if i else None, link) for i, link in enumerate(links)],
                                               id="neighbours")]
     sections += [tag("h2", "Dataset examples")]
-    if examples:
+    if photos:
         sections.append(pending_fragment(f"/fragment/examples/{quote(row.name, safe='')}/{channel}",
-                                         "computing this layer's dataset examples (once, in the background)"))
+                                         f"computing this layer's dataset examples: one pass over the {photos} photos for all "
+                                         "its channels, once, in the background (numbers are kept; crops are cut when shown)"))
     else:
         sections.append(tag("p", "start the server with --images SOURCE to see the photos that drive this unit", class_="muted"))
     sections += [tag("h2", "Circuits"), pending_fragment(f"/fragment/circuits/{quote(row.name, safe='')}/{channel}",

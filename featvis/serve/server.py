@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
+from ..examples.source import list_images
 from ..core.images import load_image, save_image
 from ..models.wrapper import FeatvisModel
 from ..optvis.settings import RenderSettings
@@ -58,6 +59,7 @@ class Sections:
     def __init__(self, aux: FeatvisModel, info: ModelInfo, layout: CacheLayout, tasks: Tasks, options: ServeOptions):
         self.aux, self.layout, self.tasks = aux, layout, tasks
         self.images = options.images
+        self.photo_count = len(list_images(options.images)) if options.images else 0  # a bad source fails at start
         self.options = options
         self.circuits = Circuits(aux, info, options.circuits)
 

@@ -581,3 +581,54 @@ def test_examples_keep_numbers_cut_crops_when_shown_and_never_run_twice(project,
         assert time.monotonic() - start < 30
     finally:
         again.stop()
+
+
+def test_pictures_nobody_waits_for_leave_the_queue_and_come_back_when_asked(project, tmp_path):
+    """Eight unit pages opened and closed at once (16 pictures queued, no page polls them): within seconds
+    the queue is empty and most were never rendered; a page that asks again gets its picture queued and made."""
+    serve = Serve(project, tmp_path / "cache", "--drop-after", "1", "--batch", "2", env={"FEATVIS_TEST_SLEEP": "0.05"})
+    try:
+        keys = [key for c in range(8) for key in serve.keys(f"/layer/conv1/{c}")]
+        assert len(keys) == 16
+        end = time.monotonic() + 20
+        while serve.json("/api/stats")["pending"] and time.monotonic() < end:
+            time.sleep(0.2)
+        stats = serve.json("/api/stats")
+        assert stats["pending"] == 0 and stats["dropped"] >= 8, stats
+        made = stats["images"]
+        assert made < 16
+        time.sleep(2)
+        assert serve.json("/api/stats")["images"] <= made + 2  # nothing more started after the sweep but what was running
+        state = serve.wait(keys[-1])  # asked again (and polled): queued anew and rendered
+        assert state["state"] == "done" and state["spec"] == "-conv1:7"
+    finally:
+        serve.stop()
+
+
+def test_the_index_shows_blocks_and_next_goes_to_the_next_block():
+    """GoogLeNet's index as the paper's table lists it (Szegedy et al. 2015, Table 1: the convolutions, the
+    nine Inception modules, the classifier; pools between them): branches and pre-activations folded under
+    their module, and "next"/"previous" of mixed4a are mixed4b/mixed3b, of a branch its siblings."""
+    import featvis
+    from featvis.optvis import RenderSettings
+    from featvis.serve.units import ModelInfo
+
+    info = ModelInfo(featvis.load_model("inceptionv1", pretrained=False), RenderSettings())
+    assert info.stages == ["conv2d0", "conv2d1", "conv2d2", "mixed3a", "mixed3b", "mixed4a", "mixed4b", "mixed4c",
+                           "mixed4d", "mixed4e", "mixed5a", "mixed5b", "fc"]
+    assert [name for name in info.blocks if name.startswith("maxpool")] == ["maxpool1", "maxpool2", "maxpool3", "maxpool4"]
+    inside = [row.name for row in info.blocks["mixed4a"]]
+    assert inside[0] == "mixed4a" and {"mixed4a_1x1", "mixed4a_3x3_pre_relu", "mixed4a_pre_relu"} <= set(inside)
+    assert info.neighbours(info.row("mixed4a")) == ("mixed3b", "mixed4b")
+    assert info.neighbours(info.row("conv2d0")) == (None, "conv2d1")
+    assert info.neighbours(info.row("mixed4a_3x3"))[0] in inside
+
+
+def test_the_index_page_folds_layers_under_blocks(server):
+    status, body, _ = server.get("/")
+    html = body.decode()
+    assert status == 200
+    blocks = re.findall(r'<section class="block" id="block-([^"]+)"', html)
+    assert blocks[:4] == ["sleep", "conv1", "relu1", "conv2"]  # a user's Sequential: every module is a step
+    strip = re.search(r'id="block-conv3">(.*?)</section>', html, re.S)[1]
+    assert sorted(set(re.findall(r'alt="conv3:(\d+)"', strip))) == [str(c) for c in range(6)]  # rendered as they scroll in

@@ -87,7 +87,11 @@ def test_uploaded_photo_is_classified_and_explained(browser, site):
     page.set_input_files("input[name=photo]", str(photo))
     page.click("button[type=submit]")
     page.wait_for_url("**/photo/*")
+    uploaded = page.wait_for_selector("img[alt='the uploaded photo']")
+    page.wait_for_function(LOADED_JS, arg=uploaded, timeout=TIMEOUT_MS)  # shown at once, not a broken link
     page.wait_for_selector("#classes", timeout=TIMEOUT_MS)
+    seen = page.wait_for_selector("img[alt='the photo as the model sees it']")
+    page.wait_for_function(LOADED_JS, arg=seen, timeout=TIMEOUT_MS)
     rows = page.locator("#classes tr td:first-child").all_inner_texts()
     model = featvis.load_model(f"{project / 'nets.py'}:small", progress=False)  # in this process, independently
     expected = model.classify([featvis.load_image(photo)], top=5)[0]
@@ -96,4 +100,12 @@ def test_uploaded_photo_is_classified_and_explained(browser, site):
     assert saliency.evaluate("img => img.complete && img.naturalWidth > 0")
     frame = page.frame_locator("#explanation")
     assert "relu3" in frame.locator("body").inner_text(timeout=TIMEOUT_MS)
+    # the semantic dictionary: each channel's picture, linked to its unit page
+    picture = page.wait_for_selector("#dictionary img[data-done]", timeout=TIMEOUT_MS)
+    page.wait_for_function(LOADED_JS, arg=picture, timeout=TIMEOUT_MS)
+    link = page.locator("#dictionary a").first
+    name = link.locator("div").inner_text()
+    assert name.startswith("relu3:")
+    link.click()
+    page.wait_for_url(f"**/layer/relu3/{name.split(':')[1]}")
     page.close()

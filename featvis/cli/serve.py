@@ -17,6 +17,7 @@ from .common import add_model_args, add_render_args, model_from_args, positive_i
 
 
 def add_parser(subparsers) -> None:
+    from ..serve.state import DROP_AFTER  # torch-free
     parser = subparsers.add_parser(
         "serve", help="a local web app: layers, units (feature visualization, dataset examples, circuits, receptive "
                       "fields) rendered on demand, and photo explanations",
@@ -38,6 +39,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch", type=positive_int, default=16, metavar="N", help="most images the queue renders in one call (default 16)")
     parser.add_argument("--window-ms", type=float, default=50.0, metavar="MS",
                         help="how long the queue waits for more requests to batch with the first (default 50)")
+    parser.add_argument("--drop-after", type=float, default=DROP_AFTER, metavar="S",
+                        help=f"a queued picture no open page asked about for S seconds is dropped (default {DROP_AFTER:g}; "
+                             "a page asks four times a second)")
     parser.add_argument("--diversity", type=int, default=0, metavar="N", help="also a diversity set of N >= 2 pictures per unit")
     parser.add_argument("--circuits", type=positive_int, default=6, metavar="K", help="connections listed per side (default 6)")
     parser.add_argument("--k", type=positive_int, default=9, help="dataset examples per channel (default 9)")
@@ -70,6 +74,8 @@ def _check(args: argparse.Namespace) -> None:
         raise FeatvisError(f"--max-upload-mb takes 0 < MB <= 1024, got {args.max_upload_mb}")
     if not 0 <= args.window_ms <= 10_000:
         raise FeatvisError(f"--window-ms takes 0..10000, got {args.window_ms}")
+    if not 1 <= args.drop_after <= 86_400:
+        raise FeatvisError(f"--drop-after takes 1..86400 seconds, got {args.drop_after}")
     if args.images is not None and not Path(args.images).exists():
         raise FeatvisError(f"--images {args.images}: no such folder or file; give a folder of photos or a text file of paths")
 
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if args.explain_layer:
         model.resolve(args.explain_layer)  # an unknown layer fails now
     options = ServeOptions(cache=cache, images=args.images, render=settings, batch=args.batch, window=args.window_ms / 1000,
+                           drop_after=args.drop_after,
                            diversity=args.diversity, circuits=args.circuits, k=args.k, workers=args.workers,
                            upload_mb=args.max_upload_mb, explain_layer=args.explain_layer, explain_steps=args.explain_steps,
                            explain_groups=args.explain_groups, model_args=_model_args(args), host=args.host,

@@ -8,9 +8,15 @@
 - ``jobs``/``analyses``: dataset examples (a ``featvis examples`` subprocess per layer),
   circuits, effective fields and photo explanations in the background
 - ``pages``/``app``: escaped HTML and the Starlette routes; ``server``: all of it wired up
+
+Names are imported from their modules on first use, so the command line can read
+`featvis.serve.state` (the queue's defaults) without importing torch.
 """
 
-from .analyses import PhotoSettings
-from .server import ServeOptions, Server
+from __future__ import annotations
 
+from .._util.lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {"PhotoSettings": "analyses", "ServeOptions": "server", "Server": "server"}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 __all__ = ["PhotoSettings", "Server", "ServeOptions"]

@@ -120,4 +120,5 @@ def analyse_photo(model: FeatvisModel, photo: torch.Tensor, out: Path, settings:
     atomic_write_text(out / "explain.html", explanation_page(model, expl, f"{model.name}: why '{expl.label}'? ({expl.layer})"))
     return {"classes": classes, "saliency": {"method": "saliency", "target": result.label},
             "explain": {"label": expl.label, "target": expl.target, "prob": expl.prob, "layer": expl.layer,
-                        "total": expl.total, "groups": [float(v) for v in expl.groups.attribution.tolist()]}}
+                        "total": expl.total, "groups": [float(v) for v in expl.groups.attribution.tolist()],
+                        "channels": [int(c) for c in expl.channels], "values": [float(v) for v in expl.values]}}

@@ -33,11 +33,11 @@ from ..core.images import load_image
 from . import pages
 from .jobs import example_crop
 from .state import State
-from .units import KINDS, NotFound
+from .units import KINDS, NotFound, Row
 
 if TYPE_CHECKING:
     from .cache import PictureCache
-    from .queue import RenderQueue
+    from .queue import Picture, RenderQueue
     from .server import Photos, Sections
     from .units import ModelInfo
 
@@ -45,6 +45,7 @@ _HEX = re.compile(r"^[0-9a-f]{16,64}$")
 _PICTURE = re.compile(r"^layers/[A-Za-z0-9_-]{1,80}/img/[A-Za-z0-9_.-]{1,120}\.png$")
 _PHOTO_FILES = {"input.png": "image/png", "saliency.png": "image/png", "explain.html": "text/html; charset=utf-8"}
 MAX_STATUS_KEYS = 2000
+STRIP = 6  # channels shown beside each block on the index
 UPLOAD_SIDE = 2048  # px: an upload's longer side is shrunk to this while decoding (analyses run at the model's size)
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -63,19 +64,31 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
     ``queue`` and ``cache``, a unit page's background ``sections``, and ``photos``."""
     examples_on = sections.images is not None
 
-    def index(request: Request) -> Response:
-        return _html(pages.index_page(info, examples_on))
-
-    def layer(request: Request) -> Response:
-        row = info.row(request.path_params["name"])
+    def cards(row: Row, channels: range) -> tuple[list[Picture], list[str | None]]:
+        """Each channel's positive picture: known or finished ones as they are, the others rendered only when
+        their card scrolls into view (the lazy enqueue URL)."""
         shown, lazy = [], []
-        for c in range(row.shape[0]):
+        for c in channels:
             picture = info.picture(row, c, "positive", priority=2)
             known = queue.get(picture.digest)
             if known is None and cache.finished(picture.digest, picture.rels):
                 known = queue.request(picture)  # finished: shown at once
-            shown.append(known or picture)  # neither: rendered when its card scrolls into view
+            shown.append(known or picture)
             lazy.append(None if known else f"/api/enqueue/{pages.quote(row.name, safe='')}/{c}")
+        return shown, lazy
+
+    def index(request: Request) -> Response:
+        strips = {}
+        for name, rows in info.blocks.items():
+            if rows[0].has_channels and "/" not in name:
+                shown, lazy = cards(rows[0], range(min(STRIP, rows[0].shape[0])))
+                strips[name] = [pages.picture_box(None, picture, f"{name}:{picture.channel}", small=True, lazy=ask)
+                                for picture, ask in zip(shown, lazy)]
+        return _html(pages.index_page(info, examples_on, strips))
+
+    def layer(request: Request) -> Response:
+        row = info.row(request.path_params["name"])
+        shown, lazy = cards(row, range(row.shape[0]))
         return _html(pages.layer_page(info, row, shown, lazy))
 
     def unit(request: Request) -> Response:
@@ -241,13 +254,22 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
         waiting = _pending_or_failed(task, "the photo's analysis")
         if waiting is not None:
             return waiting
-        return _html(pages.photo_fragment(photo_id, task.result))
+        expl = task.result["explain"]
+        try:
+            row = info.row(expl["layer"]) if expl.get("channels") else None
+        except NotFound:  # a layer whose channels have no unit pages: the dictionary stays numbers
+            row = None
+        dictionary = [pages.picture_box(None, queue.request(info.picture(row, c, "positive", priority=1)), f"{row.name}:{c}",
+                                        small=True) for c in expl.get("channels", [])] if row is not None else []
+        return _html(pages.photo_fragment(photo_id, task.result, dictionary))
 
     def photo_file(request: Request) -> Response:
         photo_id = _photo_id(request)
         name = request.path_params["file"]
         task = photos.tasks.get(("photo", photo_id))
-        if name not in _PHOTO_FILES or (name != "input.png" and (task is None or task.state != State.DONE)):
+        if name == "photo.png":  # the upload itself: there from the moment the page exists
+            return FileResponse(photos.path(photo_id), media_type="image/png")
+        if name not in _PHOTO_FILES or task is None or task.state != State.DONE:
             raise NotFound(f"no file '{name[:40]}' for photo {photo_id}")
         path = photos.folder(photo_id) / name
         if not path.is_file():

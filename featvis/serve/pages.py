@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from .._util.html import Markup, document, join, tag
 from ..gallery.circuits import weight_map
+from ..gallery import slug
 from ..gallery.site import CSS as GALLERY_CSS
 from .queue import Picture
 from .state import State
@@ -29,6 +30,8 @@ transition:width .2s}
 .failed{background:#fee;border-color:#c33;color:#900}
 .fields td{font-variant-numeric:tabular-nums}.err{color:#900}
 .rf svg{border:1px solid #ccc;background:#fff}
+.block{border-top:1px solid #ddd;padding:4px 0}.block table{margin:0}.block details{margin:2px 0 4px 12px;font-size:.9em}
+.strip .pending{width:72px;height:72px}
 """
 
 SCRIPT = r"""
@@ -150,17 +153,27 @@ def _precision_shown(info: ModelInfo) -> str:
     return info.base["precision"]
 
 
-def index_page(info: ModelInfo, examples: bool) -> str:
+def _layer_row(row: Row) -> Markup:
+    name = tag("a", row.name, href=layer_href(row.name)) if row.has_channels and "/" not in row.name else row.name
+    return tag("tr", tag("td", name), tag("td", row.path, class_="muted"), tag("td", row.type), tag("td", _shape(row.shape)),
+               *_field_cells(row))
+
+
+def index_page(info: ModelInfo, examples: bool, strips: dict[str, list[Markup]]) -> str:
+    """The model's blocks in order (`ModelInfo.blocks`), each with a strip of its first channels' pictures
+    (``strips``: picture boxes by block name) and the layers inside it folded under it."""
     head = tag("tr", [tag("th", h) for h in ("layer", "module", "type", "output", "receptive field", "stride", "padding")])
-    rows = []
-    for row in info.rows:
-        name = tag("a", row.name, href=layer_href(row.name)) if row.has_channels and "/" not in row.name else row.name
-        rows.append(tag("tr", tag("td", name), tag("td", row.path, class_="muted"), tag("td", row.type),
-                        tag("td", _shape(row.shape)), *_field_cells(row)))
+    blocks = []
+    for name, rows in info.blocks.items():
+        inner = [tag("details", tag("summary", f"{len(rows) - 1} layer(s) inside: branches, activations, pre-activations"),
+                     tag("table", head, [_layer_row(row) for row in rows[1:]], class_="fields"))] if len(rows) > 1 else []
+        strip = [tag("div", tag("div", strips[name], class_="grid strip"))] if strips.get(name) else []
+        blocks.append(tag("section", tag("table", head if not blocks else None, _layer_row(rows[0]), class_="fields"),
+                          *strip, *inner, class_="block", id=f"block-{slug(name)}"))
     intro = tag("p", f"Model fingerprint {info.fingerprint[:16]}; pictures: {info.settings.steps} steps, "
                      f"{info.settings.size} px, seed {info.settings.seed}, precision {_precision_shown(info)}"
                      + ("; dataset examples from the image collection" if examples else "") + ".", class_="muted")
-    return page(f"{info.model.name}: layers", intro, tag("table", head, rows, class_="fields"), crumbs=[("index", "/")])
+    return page(f"{info.model.name}: layers", intro, *blocks, crumbs=[("index", "/")])
 
 
 def layer_page(info: ModelInfo, row: Row, pictures: list[Picture], lazy: list[str | None]) -> str:
@@ -276,23 +289,33 @@ def upload_page(limit_mb: float, error: str | None = None) -> str:
 
 
 def photo_page(photo_id: str) -> str:
-    return page(f"Photo {photo_id[:8]}", tag("img", src=f"/photo/{photo_id}/input.png", alt="the photo as the model sees it",
-                                              style="width:224px"),
+    return page(f"Photo {photo_id[:8]}", tag("img", src=f"/photo/{photo_id}/photo.png", alt="the uploaded photo",
+                                              style="max-width:448px;max-height:448px"),
                 pending_fragment(f"/fragment/photo/{photo_id}", "classifying, saliency and building blocks"),
                 crumbs=[("index", "/"), ("photo", "/photo")])
 
 
-def photo_fragment(photo_id: str, data: dict) -> str:
+def photo_fragment(photo_id: str, data: dict, dictionary: Sequence[Markup] = ()) -> str:
+    """The analysis of a photo; ``dictionary``: a picture box per channel of the semantic dictionary (in
+    ``data["explain"]["channels"]`` order), each linked to its unit page."""
     classes = tag("table", tag("tr", tag("th", "class"), tag("th", "probability")),
                   [tag("tr", tag("td", f"{c['label']} ({c['index']})"), tag("td", f"{c['prob']:.1%}")) for c in data["classes"]],
                   id="classes")
     expl = data["explain"]
-    return join(tag("h2", "Classification"), classes,
+    cards = [tag("div", tag("a", box, tag("div", f"{expl['layer']}:{c}"), href=unit_href(expl["layer"], c)),
+                 tag("div", f"{value:.3g}", class_="muted"), class_="card")
+             for c, value, box in zip(expl.get("channels", []), expl.get("values", []), dictionary)]
+    return join(tag("h2", "The photo as the model sees it"),
+                tag("img", src=f"/photo/{photo_id}/input.png", alt="the photo as the model sees it", style="width:224px"),
+                tag("h2", "Classification"), classes,
                 tag("h2", "Saliency (vanilla gradient)"),
                 tag("img", src=f"/photo/{photo_id}/saliency.png", alt="saliency", style="max-width:640px"),
                 tag("h2", f"Building blocks at {expl['layer']}: why '{expl['label']}'?"),
                 tag("p", f"Attribution total {expl['total']:.4g}; groups " + ", ".join(f"{v:+.3g}" for v in expl["groups"]),
                     class_="muted"),
+                *([tag("h3", "Semantic dictionary: the channels that fire most where the attribution is largest"),
+                   tag("div", cards, class_="grid strip", id="dictionary")] if cards else []),
+                tag("p", tag("a", "open the building blocks on their own page", href=f"/photo/{photo_id}/explain.html")),
                 tag("iframe", src=f"/photo/{photo_id}/explain.html", title="building blocks", id="explanation",
-                    style="width:100%;height:900px;border:1px solid #ccc", sandbox=""))
+                    style="width:100%;height:85vh;min-height:600px;resize:vertical;border:1px solid #ccc", sandbox=""))
 

@@ -10,6 +10,11 @@ it exactly. The same picture is never queued twice, and finished pictures come f
 
 Progress is measured, not guessed: the render reports every optimisation step (``on_step``); the
 queue leaves nothing on the model.
+
+Work nobody waits for is dropped: every request and every status poll of a picture (an open page polls
+its pending pictures four times a second) marks it as wanted; a queued picture not wanted for ``drop_after``
+seconds leaves the queue (a closed page's 512 cards), and comes back when a page asks again. What is
+rendering finishes and is cached.
 """
 
 from __future__ import annotations
@@ -32,8 +37,7 @@ from ..gallery.job import channel_values
 from ..models.wrapper import FeatvisModel
 from ..optvis import Objective, RenderResult, RenderSettings, render
 from .cache import PictureCache, file_sha
-from .state import State
-
+from .state import DROP_AFTER, State
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Picture:
     error: str | None = None
     meta: dict = field(default_factory=dict)
     order: int = 0
+    wanted: float = field(default_factory=time.monotonic)  # when a page last asked for it or polled it
 
     @property
     def span(self) -> int:
@@ -70,10 +75,13 @@ class QueueStats:
     images: int = 0
     batches: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    dropped: int = 0
+    pending: int = 0
 
     def to_json(self) -> dict:
         return {"render_calls": self.calls, "images": self.images, "batches": self.batches[-1000:],
-                "largest_batch": max(self.batches, default=0), "seconds": round(self.seconds, 3)}
+                "largest_batch": max(self.batches, default=0), "seconds": round(self.seconds, 3),
+                "dropped": self.dropped, "pending": self.pending}
 
 
 class RenderQueue:
@@ -81,9 +89,11 @@ class RenderQueue:
     settings, as ``featvis render`` takes them (its precision policy unresolved)."""
 
     def __init__(self, model: FeatvisModel, cache: PictureCache, settings: RenderSettings, *, max_batch: int = 16,
-                 window: float = 0.05, log: Callable[[str], None] = lambda message: None):
+                 window: float = 0.05, drop_after: float = DROP_AFTER, log: Callable[[str], None] = lambda message: None):
         self.model, self.cache, self.settings = model, cache, settings
         self.max_batch, self.window, self.log = max(1, int(max_batch)), float(window), log
+        self.drop_after = float(drop_after)
+        self._swept = 0.0
         self.stats = QueueStats()
         self._pictures: dict[str, Picture] = {}
         self._pending: list[Picture] = []
@@ -99,8 +109,9 @@ class RenderQueue:
         with self._cond:
             known = self._pictures.get(picture.digest)
             if known is not None and known.state != State.FAILED:
-                if known.state == State.QUEUED and picture.priority < known.priority:
+                if known.state in (State.QUEUED, State.DROPPED) and picture.priority < known.priority:
                     known.priority = picture.priority  # a page now shows it large: move it up
+                self._want(known)
                 return known
             meta = self.cache.finished(picture.digest, picture.rels)
             if meta is not None:
@@ -108,6 +119,7 @@ class RenderQueue:
             else:
                 picture.order = next(self._count)
                 self._pending.append(picture)
+                self.stats.pending += picture.span
                 self._cond.notify_all()
             self._pictures[picture.digest] = picture
             return picture
@@ -120,6 +132,7 @@ class RenderQueue:
         """``{"state", "progress" (0..1), "error", "files", "ahead", "batch", "precision"}`` for the page's
         placeholder (``precision``: the number format a finished picture was made in)."""
         with self._cond:
+            self._want(picture)
             progress = 1.0 if picture.state == State.DONE else 0.0
             if picture.state == State.RUNNING:
                 progress = self._progress
@@ -128,16 +141,41 @@ class RenderQueue:
                     "files": picture.rels if picture.state == State.DONE else [], "ahead": ahead if picture.state == State.QUEUED else 0,
                     "batch": picture.meta.get("batch"), "precision": picture.meta.get("precision")}
 
+    def _want(self, picture: Picture) -> None:
+        """A page asked for ``picture`` or polled it (lock held): a dropped one is queued again."""
+        picture.wanted = time.monotonic()
+        if picture.state == State.DROPPED:
+            picture.state, picture.order = State.QUEUED, next(self._count)
+            self._pending.append(picture)
+            self._cond.notify_all()
+
+    def _sweep(self) -> None:
+        """Drop the queued pictures nobody asked about for ``drop_after`` seconds (lock held; at most twice a second)."""
+        now = time.monotonic()
+        if now - self._swept >= 0.5:
+            self._swept = now
+            stale = [p for p in self._pending if now - p.wanted > self.drop_after]
+            for picture in stale:
+                self._pending.remove(picture)
+                picture.state = State.DROPPED
+            self.stats.dropped += len(stale)
+        self.stats.pending = sum(p.span for p in self._pending)
+
     # --- the worker -------------------------------------------------------------------------
     def _step(self, done: int, total: int) -> None:
         with self._cond:
             self._progress = min(done / total, 1.0)
+            self._sweep()
 
     def _take(self) -> list[Picture]:
         """Wait for work, give later requests ``window`` seconds to join, take one batch."""
         with self._cond:
-            while not self._pending:
-                self._cond.wait()
+            while True:
+                self._swept = 0.0
+                self._sweep()
+                if self._pending:
+                    break
+                self._cond.wait(self.drop_after)
             deadline = time.monotonic() + self.window
             while sum(p.span for p in self._pending) < self.max_batch and time.monotonic() < deadline:
                 self._cond.wait(max(deadline - time.monotonic(), 0.0))
@@ -152,6 +190,7 @@ class RenderQueue:
             for picture in batch:
                 picture.state = State.RUNNING
             self._progress = 0.0
+            self.stats.pending = sum(p.span for p in self._pending)
             return batch
 
     def _work(self) -> None:

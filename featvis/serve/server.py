@@ -24,6 +24,7 @@ from .guard import HostGuard, allowed_hosts
 from .layout import CacheLayout
 from .jobs import Task, Tasks, examples_command, run_examples
 from .queue import RenderQueue
+from .state import DROP_AFTER
 from .units import ModelInfo
 
 DEFAULT_UPLOAD_MB = 20
@@ -39,6 +40,7 @@ class ServeOptions:
     render: RenderSettings = field(default_factory=RenderSettings)
     batch: int = 16
     window: float = 0.05
+    drop_after: float = DROP_AFTER
     diversity: int = 0
     circuits: int = 6
     k: int = 9
@@ -136,7 +138,8 @@ class Server:
                                "(seed it, or pass --weights)")
         self.info = info
         self.cache = PictureCache(Path(options.cache), {"name": model.name, "fingerprint": info.fingerprint})
-        self.queue = RenderQueue(model, self.cache, options.render, max_batch=options.batch, window=options.window, log=log)
+        self.queue = RenderQueue(model, self.cache, options.render, max_batch=options.batch, window=options.window,
+                                 drop_after=options.drop_after, log=log)
         tasks = Tasks(log)
         self.sections = Sections(aux, aux_info, self.cache.layout, tasks, options)
         explain = PhotoSettings(options.explain_layer or _default_explain_layer(info), options.explain_steps,

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from enum import Enum
 
+#: seconds a queued picture waits for a page to ask about it again before it is ``dropped`` (torch-free: the CLI's default)
+DROP_AFTER = 10.0
+
 
 class State(str, Enum):
-    """``queued`` -> ``running`` -> ``done`` or ``failed`` (a str, so it reads and serialises as its value)."""
+    """``queued`` -> ``running`` -> ``done`` or ``failed`` (a str, so it reads and serialises as its value);
+    a queued picture nobody asks about any more is ``dropped`` until someone does again."""
 
     QUEUED = "queued"
+    DROPPED = "dropped"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"

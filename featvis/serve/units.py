@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .._util.errors import FeatvisError
 from ..circuits import previous_layer
@@ -77,6 +78,12 @@ class ModelInfo:
             for key in (row.name, row.path, *row.aliases):
                 self._by_name.setdefault(key, row)
         self.order = [row.name for row in self.rows if row.has_channels]
+        self.blocks = _blocks(model, self.rows)  # block name -> its rows, block first; in the model's order
+        #: the blocks "next" and "previous" walk: those with channels and weights (convolutions, Inception
+        #: modules, residual blocks; not the pools and normalisations between them)
+        self.stages = [name for name, rows in self.blocks.items() if rows[0].has_channels
+                       and any(True for _ in model.net.get_submodule(split_call(rows[0].path)[0]).parameters())]
+        self._block_of = {row.name: block for block, rows in self.blocks.items() for row in rows}
         self._next: dict[str, str] = {}
         self._pre: dict[str, str | None] = {}  # a layer's pre-activation, for its negatives (found when first asked)
         for row in self.rows:
@@ -150,9 +157,54 @@ class ModelInfo:
         return self._next.get(self._by_name[name].name) if name in self._by_name else None
 
     def neighbours(self, row: Row) -> tuple[str | None, str | None]:
-        """The channel layers just before and after ``row`` in the layers table."""
-        at = self.order.index(row.name)
-        return (self.order[at - 1] if at else None), (self.order[at + 1] if at + 1 < len(self.order) else None)
+        """The layers with channels just before and after ``row``: for a block (``mixed4a``) the blocks
+        around it (``mixed3b``, ``mixed4b``), for a layer inside a block its siblings there."""
+        block = self._block_of.get(row.name)
+        if block == row.name or block is None:
+            order = self.stages
+        else:
+            order = [r.name for r in self.blocks[block] if r.has_channels]
+        if row.name not in order:
+            return None, None
+        at = order.index(row.name)
+        return (order[at - 1] if at else None), (order[at + 1] if at + 1 < len(order) else None)
+
+
+def _blocks(model: FeatvisModel, rows: list[Row]) -> dict[str, list[Row]]:
+    """The model's stages as Microscope shows them: the network's children, looking through plain containers
+    (Sequential, ModuleList, ModuleDict: ``features.3``, ``layer2.1``, ``_blocks.7``), each with the rows inside
+    it (branches, activations, a concat layer of its parts); a container's own row goes with its last stage."""
+    stages: list[str] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            if type(child) in (nn.Sequential, nn.ModuleList, nn.ModuleDict):  # not a subclass: that is a block
+                walk(child, f"{prefix}{name}.")
+            else:
+                stages.append(f"{prefix}{name}")
+
+    walk(model.net, "")
+
+    def stage_of(path: str) -> str | None:
+        module = split_call(path)[0]
+        inside = [s for s in stages if module == s or module.startswith(s + ".")]
+        if inside:
+            return inside[0]
+        below = [s for s in stages if s.startswith(module + ".")]  # a container: its last stage
+        return below[-1] if below else None
+
+    by_stage: dict[str, list[Row]] = {stage: [] for stage in stages}
+    for row in rows:
+        parts = model.concats.get(row.path, (row.path,))
+        stage = stage_of(parts[-1])
+        if stage is not None:
+            by_stage[stage].append(row)
+    blocks: dict[str, list[Row]] = {}
+    for stage, members in by_stage.items():
+        heads = [row for row in members if split_call(row.path)[0] == stage]
+        for head in heads or members[:1]:  # a stage module that runs several times: a block per call
+            blocks[head.name] = [head] + [row for row in members if row not in heads]
+    return blocks
 
 
 @torch.no_grad()

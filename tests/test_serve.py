@@ -632,3 +632,32 @@ def test_the_index_page_folds_layers_under_blocks(server):
     assert blocks[:4] == ["sleep", "conv1", "relu1", "conv2"]  # a user's Sequential: every module is a step
     strip = re.search(r'id="block-conv3">(.*?)</section>', html, re.S)[1]
     assert sorted(set(re.findall(r'alt="conv3:(\d+)"', strip))) == [str(c) for c in range(6)]  # rendered as they scroll in
+
+
+def test_a_rendering_picture_shows_a_preview_that_is_its_own_image_at_that_step(project, tmp_path):
+    """While a picture renders, the page gets a preview at the queue's kept steps (step 4 of these 6); the
+    preview is the render's own image at that step (`featvis.render(..., thresholds=[4])` in this process)."""
+    serve = Serve(project, tmp_path / "cache", env={"FEATVIS_TEST_SLEEP": "0.3"})
+    try:
+        (key, *_) = serve.keys("/layer/conv2/5")
+        end, state = time.monotonic() + 120, {}
+        while time.monotonic() < end:
+            state = serve.json(f"/api/status?key={key}")[key]
+            if state["preview"] or state["state"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        assert state["state"] == "running" and state["preview"] == 4, state
+        status, body, headers = serve.get(f"/api/preview/{key}/0")
+        assert status == 200 and headers["content-type"] == "image/png"
+        batch = serve.wait(key)["meta"]["batch"]
+        assert serve.get(f"/api/preview/{key}/0")[0] == 404  # finished: the picture itself, no preview
+    finally:
+        serve.stop()
+    import featvis
+    from featvis.core.images import to_pil
+
+    model = featvis.load_model(f"{project / 'nets.py'}:small", progress=False)  # in this process, independently
+    results = featvis.render(model, batch, steps=6, size=48, seed=0, precision="float32", batch=16, thresholds=[4],
+                             progress=False, natural=False)
+    mine = next(r for r in results if r.spec == "conv2:5")
+    assert np.array_equal(pixels(body), np.asarray(to_pil(mine.images[4])))

@@ -7,6 +7,7 @@ classification, saliency and building-blocks explanation.
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -69,13 +70,19 @@ def test_unit_page_shows_the_picture_featvis_render_makes_and_circuit_links_work
     page.wait_for_url(f"**/layer/conv2/{name.split(':')[1]}")
     assert page.inner_text("h1") == name
     page.wait_for_selector("#picture-positive img[data-done]", timeout=TIMEOUT_MS)
-    # a neighbour whose name needs escaping, reached by a click
+    # next and previous walk the blocks with weights: from conv3 to conv2 and fc, past the ReLUs, the identity,
+    # the pool and the flatten between them
     page.go_back()
-    page.click('#neighbours a[href="/layer/odd%3Cb%3E%26/4"]')
+    assert page.locator("#neighbours a").all_inner_texts()[-2:] == ["conv2:4", "fc:4"]
+    # a block whose name needs escaping, reached from the index by clicks
+    page.goto(serve.url + "/")
+    page.click('a[href="/layer/odd%3Cb%3E%26"]')
+    page.wait_for_url("**/layer/odd%3Cb%3E%26")
+    assert page.inner_text("h1") == "odd<b>&"
+    page.click('a[href="/layer/odd%3Cb%3E%26/4"]')
     page.wait_for_url("**/layer/odd%3Cb%3E%26/4")
     assert page.inner_text("h1") == "odd<b>&:4"
     page.wait_for_selector("#picture-positive img[data-done]", timeout=TIMEOUT_MS)
-    assert page.locator("#neighbours a").count() >= 2
     page.close()
 
 
@@ -109,3 +116,24 @@ def test_uploaded_photo_is_classified_and_explained(browser, site):
     link.click()
     page.wait_for_url(f"**/layer/relu3/{name.split(':')[1]}")
     page.close()
+
+
+def test_pictures_refine_in_place_and_a_closed_page_leaves_no_queue(browser, tmp_path):
+    """A layer page on a slow model: a card shows the render's preview (a picture, not a placeholder) before
+    the picture is done; once the page is closed, the cards it had queued leave the queue within seconds."""
+    project = write_project(tmp_path)
+    serve = Serve(project, tmp_path / "cache", "--drop-after", "2", "--batch", "2", env={"FEATVIS_TEST_SLEEP": "0.3"})
+    try:
+        page = browser.new_page()
+        page.goto(serve.url + "/layer/conv1")
+        preview = page.wait_for_selector(".pending img.preview", timeout=TIMEOUT_MS)
+        page.wait_for_function(LOADED_JS, arg=preview, timeout=TIMEOUT_MS)
+        assert serve.json("/api/stats")["pending"] > 0  # the other cards wait their turn
+        page.close()
+        end = time.monotonic() + 15
+        while serve.json("/api/stats")["pending"] and time.monotonic() < end:
+            time.sleep(0.2)
+        stats = serve.json("/api/stats")
+        assert stats["pending"] == 0 and stats["dropped"] > 0, stats
+    finally:
+        serve.stop()

@@ -140,6 +140,7 @@ def render(
     accentuate_distance: float = DEFAULT_DISTANCE,
     strict: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    on_image: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> list[RenderResult]:
     """Render every spec (a string, see `parse_spec`, or an Objective); one result per image.
 
@@ -160,6 +161,9 @@ def render(
     objective's own layer) while raising the objective.
     ``natural``: also compute natural_max, ratio and plausibility. ``interrupted`` results come from Ctrl-C.
     ``on_step(done, total)``: called after every optimisation step (``total``: steps of all optimisations).
+    ``on_image(step, first, images)``: called at every kept step (``thresholds``) with the images so far
+    ([n, C, S, S] on the CPU, the ``first``-th image of the whole render first): a preview while it runs;
+    keeping an image never changes the optimisation.
     An image whose objective never moved from its start (no gradient ever reached it) is an error
     naming its layer, not a flat picture; ``strict=False`` hands it back with ``unmoved`` saying so
     instead (galleries and the server keep going past a unit that never fires).
@@ -209,8 +213,9 @@ def render(
     total = steps * len(chunks)
     desc = "render" if len(chunks) == 1 else f"render ({len(chunks)} batches of {steps} steps)"  # never "64 steps" for 16
     with keep_freed_memory(), progress_bar(total, desc, "steps", enabled=progress) as bar:
-        counter = _Steps(bar, total, on_step)
+        counter = _Steps(bar, total, on_step, on_image)
         for chunk in chunks:
+            counter.first = len(results)
             results += _optimise(model, chunk, counter, plan)
             if results[-1].interrupted:
                 break
@@ -228,10 +233,16 @@ def render(
 
 
 class _Steps:
-    """Counts optimisation steps into the progress bar and the caller's ``on_step``."""
+    """Counts optimisation steps into the progress bar and the caller's ``on_step``; hands kept images to
+    ``on_image`` (``first``: the index of the running batch's first image in the whole render)."""
 
-    def __init__(self, bar: Counter, total: int, on_step: Callable[[int, int], None] | None):
-        self.bar, self.total, self.on_step, self.done = bar, total, on_step, 0
+    def __init__(self, bar: Counter, total: int, on_step: Callable[[int, int], None] | None,
+                 on_image: Callable[[int, int, torch.Tensor], None] | None = None):
+        self.bar, self.total, self.on_step, self.on_image, self.done, self.first = bar, total, on_step, on_image, 0, 0
+
+    def kept(self, step: int, images: torch.Tensor) -> None:
+        if self.on_image is not None:
+            self.on_image(step, self.first, images)
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -304,7 +315,7 @@ def _batched(chunk: list[tuple[Objective, str]]) -> Callable[[Acts], torch.Tenso
     return scores
 
 
-def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Counter, plan: _Plan) -> list[RenderResult]:
+def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: "_Steps", plan: _Plan) -> list[RenderResult]:
     settings, scale, transform, init, keep = plan.settings, plan.scale, plan.transform, plan.init, plan.keep
     steps, size, dtype, accentuation, penalties = settings.steps, settings.size, plan.dtype, plan.accentuation, plan.penalties
     device = model.mean.device
@@ -377,6 +388,7 @@ def _optimise(model: FeatvisModel, chunk: list[tuple[Objective, str]], bar: Coun
                     bar.update(1)
                     if done in keep:
                         kept[done] = image_param().detach().cpu()
+                        bar.kept(done, kept[done])
         except KeyboardInterrupt:
             interrupted = True
         finally:

@@ -115,6 +115,14 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
                 answer[key] = queue.status(picture)
         return JSONResponse(answer, headers=NO_STORE)
 
+    def preview(request: Request) -> Response:
+        key, index = request.path_params["key"], request.path_params["index"]
+        picture = queue.get(key) if _HEX.match(key) else None
+        data = queue.preview(picture, int(index)) if picture is not None and index.isdigit() and len(index) < 4 else None
+        if data is None:
+            raise NotFound("no preview of that picture now: it is not rendering")
+        return Response(data, media_type="image/png", headers=NO_STORE)
+
     def stats(request: Request) -> Response:
         return JSONResponse(queue.stats.to_json(), headers=NO_STORE)
 
@@ -300,6 +308,7 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
         Route("/api/enqueue/{name}/{channel}", enqueue, methods=["POST"]),
         Route("/api/status", status),
         Route("/api/stats", stats),
+        Route("/api/preview/{key}/{index}", preview),
         Route("/api/picture/{key}", picture_meta),
         Route("/files/{rel:path}", files),
         Route("/fragment/examples/{name}/{channel}", examples_fragment),

@@ -32,6 +32,7 @@ transition:width .2s}
 .rf svg{border:1px solid #ccc;background:#fff}
 .block{border-top:1px solid #ddd;padding:4px 0}.block table{margin:0}.block details{margin:2px 0 4px 12px;font-size:.9em}
 .strip .pending{width:72px;height:72px}
+.pending img.preview{width:100%;height:auto;flex:1;object-fit:contain;min-height:0}
 """
 
 SCRIPT = r"""
@@ -57,6 +58,13 @@ function place(box, st) {
     label.textContent = "failed: " + (st.error || "");
   } else if (st.state === "running") {
     label.textContent = "rendering " + Math.round(st.progress * 100) + "%"; bar.style.width = (st.progress * 100) + "%";
+    if (st.preview && box.dataset.preview !== String(st.preview)) {
+      box.dataset.preview = String(st.preview);
+      let img = box.querySelector("img.preview");
+      if (!img) { img = document.createElement("img"); img.className = "preview"; img.alt = "preview"; box.prepend(img); }
+      img.src = "/api/preview/" + box.dataset.picture + "/0?step=" + st.preview;
+      img.title = "step " + st.preview + " of the render, refined in place";
+    }
   } else if (st.state === "queued") {
     label.textContent = st.ahead ? "queued (" + st.ahead + " images ahead)" : "queued";
   }

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from .._util.errors import FeatvisError
-from ..core.images import save_image
+from ..core.images import png_bytes, save_image
 from ..core.plan import Layer
 from ..gallery import manifest as mf
 from ..gallery.job import channel_values
@@ -38,6 +38,10 @@ from ..models.wrapper import FeatvisModel
 from ..optvis import Objective, RenderResult, RenderSettings, render
 from .cache import PictureCache, file_sha
 from .state import DROP_AFTER, State
+
+#: steps at which a rendering picture's preview is refreshed (Lucid's thresholds, denser at the start, so a
+#: first picture shows within about a second and sharpens in place); keeping them never changes the result
+PREVIEW_STEPS = (4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass
@@ -57,6 +61,8 @@ class Picture:
     meta: dict = field(default_factory=dict)
     order: int = 0
     wanted: float = field(default_factory=time.monotonic)  # when a page last asked for it or polled it
+    preview: list[bytes] = field(default_factory=list)  # PNGs of its images at ``preview_step`` while it renders
+    preview_step: int = 0
 
     @property
     def span(self) -> int:
@@ -139,7 +145,14 @@ class RenderQueue:
             ahead = sum(p.span for p in self._pending if (p.priority, p.order) < (picture.priority, picture.order))
             return {"state": picture.state, "progress": round(progress, 3), "error": picture.error,
                     "files": picture.rels if picture.state == State.DONE else [], "ahead": ahead if picture.state == State.QUEUED else 0,
-                    "batch": picture.meta.get("batch"), "precision": picture.meta.get("precision")}
+                    "batch": picture.meta.get("batch"), "precision": picture.meta.get("precision"),
+                    "preview": picture.preview_step if picture.state == State.RUNNING else 0}
+
+    def preview(self, picture: Picture, index: int) -> bytes | None:
+        """The PNG of image ``index`` of a rendering picture at its latest preview step (None when there is none)."""
+        with self._cond:
+            shown = picture.preview if picture.state == State.RUNNING else []
+            return shown[index] if 0 <= index < len(shown) else None
 
     def _want(self, picture: Picture) -> None:
         """A page asked for ``picture`` or polled it (lock held): a dropped one is queued again."""
@@ -201,10 +214,21 @@ class RenderQueue:
         """One render call for the batch; when it fails (e.g. one unit that never fires), each picture alone,
         so one bad picture never fails the others."""
         began = time.perf_counter()
+        owners = [(picture, k) for picture in batch for k in range(picture.span)]
+
+        def preview(step: int, first: int, images: torch.Tensor) -> None:  # outside the lock: PNG encoding takes a while
+            shown = [(owners[first + i], png_bytes(image[:3].clamp(0, 1), fast=True)) for i, image in enumerate(images)]
+            with self._cond:
+                for (picture, k), data in shown:
+                    picture.preview = (picture.preview + [b""] * picture.span)[: picture.span]
+                    picture.preview[k], picture.preview_step = data, step
+
         try:
             try:
+                steps = self.settings.steps
                 results = render(self.model, [p.objective for p in batch], self.settings, batch=self.max_batch,
-                                 progress=False, strict=False, on_step=self._step)
+                                 progress=False, strict=False, on_step=self._step,
+                                 thresholds=[s for s in PREVIEW_STEPS if s < steps], on_image=preview)
             finally:
                 self._count_call(batch, time.perf_counter() - began)
             if len(results) != sum(p.span for p in batch) or any(r.interrupted for r in results):

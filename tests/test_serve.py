@@ -186,7 +186,7 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(project):
-    serve = Serve(project, project / "cache", "--images", "photos", "--max-upload-mb", "0.5")
+    serve = Serve(project, project / "cache", "--images", "photos", "--max-upload-mb", "0.5", "--fixed-batch")
     yield serve
     serve.stop()
 

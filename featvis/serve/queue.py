@@ -1,8 +1,9 @@
 """One shared, batched render queue: every picture the pages ask for goes through it.
 
 Requests arrive from any number of page loads; the queue's one worker thread waits a short
-``window`` after the first pending request, then takes up to ``max_batch`` images (highest
-priority first, then oldest) and optimises them in a single `featvis.render` call, the same
+``window`` after the first pending request, then takes as many images as lower the mean wait on
+this device (`featvis.serve.batching`: measured, at most ``max_batch``; ``adaptive=False``: always up
+to ``max_batch``), highest priority first, then oldest, and optimises them in a single `featvis.render` call, the same
 call ``featvis render`` makes, with the same settings. Each image's random draws are seeded by
 its own spec, so batching changes a picture only by float rounding; each picture's sidecar
 records the specs it was rendered with (``batch``), so ``featvis render`` with those specs gives
@@ -36,6 +37,7 @@ from ..gallery import manifest as mf
 from ..gallery.job import channel_values
 from ..models.wrapper import FeatvisModel
 from ..optvis import Objective, RenderResult, RenderSettings, render
+from .batching import BatchSizer
 from .cache import PictureCache, file_sha
 from .state import DROP_AFTER, State
 
@@ -83,11 +85,12 @@ class QueueStats:
     seconds: float = 0.0
     dropped: int = 0
     pending: int = 0
+    batching: dict = field(default_factory=dict)  # the measured cost of a call and of each image (BatchSizer)
 
     def to_json(self) -> dict:
         return {"render_calls": self.calls, "images": self.images, "batches": self.batches[-1000:],
                 "largest_batch": max(self.batches, default=0), "seconds": round(self.seconds, 3),
-                "dropped": self.dropped, "pending": self.pending}
+                "dropped": self.dropped, "pending": self.pending, "batching": self.batching}
 
 
 class RenderQueue:
@@ -95,9 +98,11 @@ class RenderQueue:
     settings, as ``featvis render`` takes them (its precision policy unresolved)."""
 
     def __init__(self, model: FeatvisModel, cache: PictureCache, settings: RenderSettings, *, max_batch: int = 16,
-                 window: float = 0.05, drop_after: float = DROP_AFTER, log: Callable[[str], None] = lambda message: None):
+                 window: float = 0.05, drop_after: float = DROP_AFTER, adaptive: bool = True,
+                 log: Callable[[str], None] = lambda message: None):
         self.model, self.cache, self.settings = model, cache, settings
         self.max_batch, self.window, self.log = max(1, int(max_batch)), float(window), log
+        self.sizer = BatchSizer(self.max_batch) if adaptive else None  # None: always batch up to max_batch
         self.drop_after = float(drop_after)
         self._swept = 0.0
         self.stats = QueueStats()
@@ -190,12 +195,14 @@ class RenderQueue:
                     break
                 self._cond.wait(self.drop_after)
             deadline = time.monotonic() + self.window
-            while sum(p.span for p in self._pending) < self.max_batch and time.monotonic() < deadline:
+            while (sum(p.span for p in self._pending) < self.max_batch and time.monotonic() < deadline
+                   and self._limit(self.max_batch) > 1):  # no use waiting for requests to batch with
                 self._cond.wait(max(deadline - time.monotonic(), 0.0))
             self._pending.sort(key=lambda p: (p.priority, p.order))
+            limit = self._limit(sum(p.span for p in self._pending))
             batch, images = [], 0
             for picture in list(self._pending):
-                if batch and images + picture.span > self.max_batch:
+                if batch and images + picture.span > limit:
                     continue
                 batch.append(picture)
                 images += picture.span
@@ -205,6 +212,10 @@ class RenderQueue:
             self._progress = 0.0
             self.stats.pending = sum(p.span for p in self._pending)
             return batch
+
+    def _limit(self, waiting: int) -> int:
+        """Images the next call takes with ``waiting`` queued: as many as lowers the mean wait on this device."""
+        return self.sizer.size(waiting) if self.sizer is not None else self.max_batch
 
     def _work(self) -> None:
         while True:
@@ -255,6 +266,9 @@ class RenderQueue:
             self.stats.images += sum(p.span for p in batch)
             self.stats.batches.append(sum(p.span for p in batch))
             self.stats.seconds += seconds
+            if self.sizer is not None:
+                self.sizer.add(sum(p.span for p in batch), seconds)
+                self.stats.batching = self.sizer.to_json()
 
     def _save(self, batch: list[Picture], results: list[RenderResult], seconds: float) -> None:
         """Write every picture atomically, then its sidecar and gallery record; then mark it done."""

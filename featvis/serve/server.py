@@ -41,6 +41,7 @@ class ServeOptions:
     batch: int = 16
     window: float = 0.05
     drop_after: float = DROP_AFTER
+    adaptive: bool = True  # batch only as far as it lowers the mean wait (measured); False: always up to ``batch``
     diversity: int = 0
     circuits: int = 6
     k: int = 9
@@ -139,7 +140,7 @@ class Server:
         self.info = info
         self.cache = PictureCache(Path(options.cache), {"name": model.name, "fingerprint": info.fingerprint})
         self.queue = RenderQueue(model, self.cache, options.render, max_batch=options.batch, window=options.window,
-                                 drop_after=options.drop_after, log=log)
+                                 drop_after=options.drop_after, adaptive=options.adaptive, log=log)
         tasks = Tasks(log)
         self.sections = Sections(aux, aux_info, self.cache.layout, tasks, options)
         explain = PhotoSettings(options.explain_layer or _default_explain_layer(info), options.explain_steps,

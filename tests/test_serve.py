@@ -83,7 +83,7 @@ class Serve:
 
     def __init__(self, folder: Path, cache: Path, *extra: str, env: dict | None = None, model: str = "nets.py:small"):
         command = [sys.executable, "-m", "featvis", "serve", model, "--port", "0", "--cache", str(cache),
-                   *RENDER, "--workers", "0", "--window-ms", "150", "-q", *extra]
+                   *RENDER, "--workers", "0", "--window-ms", "150", "--diversity", "0", "-q", *extra]
         self.process = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, **(env or {})})
         self.stderr: list[str] = []
@@ -267,7 +267,13 @@ def test_only_its_own_pages_drive_the_server(server):
         assert status == 403 and b"cross-origin" in body, hostile
         photo, headers = multipart("photo", "x.png", b"not an image")
         assert server.get("/photo", data=photo, headers={**headers, **hostile})[0] == 403
+    for path in ("/layer/conv3/6", "/api/status?key=" + "0" * 64, "/api/stats"):  # fetched or embedded by another site
+        for mode in ("no-cors", "cors"):
+            status, body, _ = server.get(path, headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": mode})
+            assert status == 403 and b"other sites' pages are refused" in body, (path, mode)
     assert server.json("/api/stats")["render_calls"] == calls
+    followed = server.get("/layer/conv2/0", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})
+    assert followed[0] == 200  # a link from elsewhere opens the page
     status, _, headers = server.get("/api/enqueue/conv3/7", data=b"", headers={"Origin": server.url, "Sec-Fetch-Site": "same-origin"})
     assert status == 200
     status, _, headers = server.get("/")
@@ -661,3 +667,17 @@ def test_a_rendering_picture_shows_a_preview_that_is_its_own_image_at_that_step(
                              progress=False, natural=False)
     mine = next(r for r in results if r.spec == "conv2:5")
     assert np.array_equal(pixels(body), np.asarray(to_pil(mine.images[4])))
+
+
+def test_a_unit_page_shows_a_diversity_set_by_default(project, tmp_path):
+    """Without --diversity the unit page has Microscope's diversity set: four pictures in one objective
+    (`featvis render` of the same Lucid channel + 1e2 * diversity objective gives them)."""
+    from featvis.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "nets.py:small"]).diversity == 4
+    serve = Serve(project, tmp_path / "cache", "--diversity", "4")  # the default, as the last flag given wins
+    try:
+        status, body, _ = serve.get("/layer/conv2/1")
+        assert status == 200 and 'id="picture-diversity"' in body.decode()
+    finally:
+        serve.stop()

@@ -17,7 +17,7 @@ from .common import add_model_args, add_render_args, model_from_args, positive_i
 
 
 def add_parser(subparsers) -> None:
-    from ..serve.state import DROP_AFTER  # torch-free
+    from ..serve.state import DIVERSITY, DROP_AFTER  # torch-free
     parser = subparsers.add_parser(
         "serve", help="a local web app: layers, units (feature visualization, dataset examples, circuits, receptive "
                       "fields) rendered on demand, and photo explanations",
@@ -46,7 +46,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--drop-after", type=float, default=DROP_AFTER, metavar="S",
                         help=f"a queued picture no open page asked about for S seconds is dropped (default {DROP_AFTER:g}; "
                              "a page asks four times a second)")
-    parser.add_argument("--diversity", type=int, default=0, metavar="N", help="also a diversity set of N >= 2 pictures per unit")
+    parser.add_argument("--diversity", type=int, default=DIVERSITY, metavar="N",
+                        help=f"a unit's diversity set: N >= 2 pictures that differ in style (default {DIVERSITY}; 0: none)")
     parser.add_argument("--circuits", type=positive_int, default=6, metavar="K", help="connections listed per side (default 6)")
     parser.add_argument("--k", type=positive_int, default=9, help="dataset examples per channel (default 9)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB", help="largest photo upload (default 20 MB)")

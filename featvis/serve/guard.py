@@ -5,7 +5,9 @@ cross-site form POST), or rebind its own domain's DNS to 127.0.0.1 and then read
 (DNS rebinding). So every request must name an allowed ``Host`` (the address the server is bound
 to, ``localhost``, loopback addresses, and ``--allow-host`` names), and a state-changing request
 (anything but GET/HEAD) must come from the server's own pages: its ``Origin``, when sent, names the
-same host, and ``Sec-Fetch-Site``, when sent, says same-origin. Every answer carries the usual
+same host, and ``Sec-Fetch-Site``, when sent, says same-origin. Even a GET from another site's page
+(an ``<img>`` of a unit page queues its renders; a poll keeps queued work alive) is refused unless it is
+the user following a link (``Sec-Fetch-Mode: navigate``). Every answer carries the usual
 security headers (no sniffing, no framing by other sites, referrers only to itself, a same-origin CSP).
 """
 
@@ -76,6 +78,10 @@ class HostGuard:
             if (origin is not None and urlsplit(origin).netloc.lower() != headers.get("host", "").lower()) \
                     or (site is not None and site not in ("same-origin", "none")):
                 problem = (403, "cross-origin requests that change the server's state are refused; use the server's own pages")
+        elif headers.get("sec-fetch-site") not in (None, "same-origin", "none") and headers.get("sec-fetch-mode") != "navigate":
+            # another site's page fetching or embedding ours (an <img> of a unit page queues renders, polling keeps
+            # queued work alive): only a link followed by the user opens a page here
+            problem = (403, "requests from other sites' pages are refused (a link to a page works); use the server's own pages")
         if problem is not None:
             body = problem[1].encode()
             await send({"type": "http.response.start", "status": problem[0],

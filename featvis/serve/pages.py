@@ -33,6 +33,8 @@ transition:width .2s}
 .block{border-top:1px solid #ddd;padding:4px 0}.block table{margin:0}.block details{margin:2px 0 4px 12px;font-size:.9em}
 .strip .pending{width:72px;height:72px}
 .pending img.preview{width:100%;height:auto;flex:1;object-fit:contain;min-height:0}
+.big img{width:auto;height:auto;max-width:100%}
+.circuits .wmap{width:128px;height:128px}
 """
 
 SCRIPT = r"""

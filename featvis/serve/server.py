@@ -24,7 +24,7 @@ from .guard import HostGuard, allowed_hosts
 from .layout import CacheLayout
 from .jobs import Task, Tasks, examples_command, run_examples
 from .queue import RenderQueue
-from .state import DROP_AFTER
+from .state import DIVERSITY, DROP_AFTER
 from .units import ModelInfo
 
 DEFAULT_UPLOAD_MB = 20
@@ -42,7 +42,7 @@ class ServeOptions:
     window: float = 0.05
     drop_after: float = DROP_AFTER
     adaptive: bool = True  # batch only as far as it lowers the mean wait (measured); False: always up to ``batch``
-    diversity: int = 0
+    diversity: int = DIVERSITY
     circuits: int = 6
     k: int = 9
     workers: int = 2

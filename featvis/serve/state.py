@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+#: pictures in a unit page's diversity set, as Microscope shows them (the lowest priority of its pictures)
+DIVERSITY = 4
 #: seconds a queued picture waits for a page to ask about it again before it is ``dropped`` (torch-free: the CLI's default)
 DROP_AFTER = 10.0
 

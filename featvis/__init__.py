@@ -43,7 +43,9 @@ Public API (everything a notebook needs):
 - Results print short: reprs of results show tensor shapes, not their values.
 - Limits: ``check_device`` (refuses devices this machine lacks), ``max_pixels`` (the image size limit, $FEATVIS_MAX_PIXELS).
 - Building blocks (Olah et al. 2018): ``explain(model, photo, "mixed4d", target=..., groups=6)`` -> ``Explanation``
-  (semantic dictionary, activation grid at exact RF centres, NMF groups, gradient x activation), ``explanation_page``, ``nmf``.
+  (semantic dictionary, activation grid at exact RF centres, NMF groups, gradient x activation), ``explanation_page``, ``nmf``;
+  ``promoted_classes(model, layer, channel, photos=None)``: the classes a unit raises most (its summed gradient, by
+  forward mode; without photos through the linearized network).
 
 ``import featvis`` is light: each name above is imported from its module on first use
 (``_EXPORTS``: name -> module), so the command line starts without torch.
@@ -111,6 +113,7 @@ _EXPORTS: dict[str, str] = {
     "explain": "explain",
     "explanation_page": "explain",
     "nmf": "explain",
+    "promoted_classes": "explain",
     "ExamplesResult": "examples",
     "dataset_examples": "examples",
     "merge_examples": "examples",
@@ -179,6 +182,7 @@ __all__ = [
     "explain",
     "explanation_page",
     "nmf",
+    "promoted_classes",
     "dataset_examples",
     "ExamplesResult",
     "merge_examples",

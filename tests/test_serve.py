@@ -681,3 +681,20 @@ def test_a_unit_page_shows_a_diversity_set_by_default(project, tmp_path):
         assert status == 200 and 'id="picture-diversity"' in body.decode()
     finally:
         serve.stop()
+
+
+def test_a_unit_page_names_the_classes_it_promotes(server, project):
+    """The unit page's classes are featvis.promoted_classes over the collection's first photos, computed
+    here in this process on the user's own model; labels are escaped."""
+    import featvis
+    from featvis.examples.source import list_images
+
+    assert 'data-fragment="/fragment/promotes/conv3/2"' in server.get("/layer/conv3/2")[1].decode()
+    html = fragment(server, "/fragment/promotes/conv3/2")
+    shown = re.findall(r"<tr><td>(.*?) \((\d+)\)</td><td>([-+0-9.e]+)</td></tr>", html)
+    model = featvis.load_model(f"{project / 'nets.py'}:small", progress=False)
+    photos = [featvis.load_image(p) for p in list_images(project / "photos")[:8]]
+    expected = featvis.promoted_classes(model, "conv3", 2, photos=photos)
+    assert [int(i) for _, i, _ in shown] == [i for i, _, _ in expected]
+    assert [float(v) for *_, v in shown] == pytest.approx([v for *_, v in expected], rel=1e-2, abs=1e-3)
+    assert "<b>lizard</b>" not in html  # a label from the model, escaped

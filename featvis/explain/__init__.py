@@ -8,6 +8,7 @@
   `attribution_figure`, `groups_figure`: the pictures
 - building blocks: `nmf` (deterministic HALS NMF), `logit_gradient`, `group_flow`, `LayerInput`
   (run a model from a layer on), `unit_centres`, `compose_grid`
+- `promoted_classes(model, layer, channel, photos=None)`: the classes a unit promotes most
 """
 
 from .._util.callable_module import make_callable
@@ -16,10 +17,12 @@ from .blocks import Explanation, Groups, explain
 from .grid import compose_grid, unit_centres
 from .nmf import NMFResult, nmf
 from .page import attribution_figure, explanation_page, grid_image, groups_figure
+from .promotes import promoted_classes
 
 __all__ = [
     "Explanation", "Groups", "LayerInput", "NMFResult", "attribution_figure", "compose_grid", "explain", "explanation_page",
-    "grid_image", "group_flow", "groups_figure", "layer_activations", "logit_gradient", "nmf", "unit_centres",
+    "grid_image", "group_flow", "groups_figure", "layer_activations", "logit_gradient", "nmf", "promoted_classes",
+    "unit_centres",
 ]
 
 make_callable(__name__, "explain")  # featvis.explain(...) calls it; the package's names stay reachable

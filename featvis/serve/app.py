@@ -98,6 +98,7 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
         if examples_on:
             sections.start_examples(row.name, retry=True)
         sections.start_circuits(row.name, channel, retry=True)
+        sections.start_promotes(row.name, channel, retry=True)
         sections.start_erf(row.name, retry=True)
         return _html(pages.unit_page(info, row, channel, pictures, sections.photo_count))
 
@@ -189,6 +190,14 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
             picture = queue.request(info.picture(other, index, "positive", priority=1))
             thumbs[connection["layer"], index] = pages.picture_box(None, picture, f"{connection['layer']}:{index}", small=True)
         return _html(pages.circuits_fragment(task.result, thumbs))
+
+    def promotes_fragment(request: Request) -> Response:
+        row, channel = info.unit(request.path_params["name"], request.path_params["channel"])
+        task = sections.start_promotes(row.name, channel)
+        waiting = _pending_or_failed(task, "the classes it promotes")
+        if waiting is not None:
+            return waiting
+        return _html(pages.promotes_fragment(task.result, bool(sections.images)))
 
     def erf_fragment(request: Request) -> Response:
         row = info.row(request.path_params["name"])
@@ -315,6 +324,7 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
         Route("/examples/{name}/{channel}/{file}", example_image),
         Route("/fragment/circuits/{name}/{channel}", circuits_fragment),
         Route("/fragment/erf/{name}", erf_fragment),
+        Route("/fragment/promotes/{name}/{channel}", promotes_fragment),
         Route("/erf/{name}.png", erf_image),
         Route("/photo", upload_form, methods=["GET"]),
         Route("/photo", upload, methods=["POST"]),

@@ -245,6 +245,8 @@ def unit_page(info: ModelInfo, row: Row, channel: int, pictures: dict[str, Pictu
                                          "its channels, once, in the background (numbers are kept; crops are cut when shown)"))
     else:
         sections.append(tag("p", "start the server with --images SOURCE to see the photos that drive this unit", class_="muted"))
+    sections += [tag("h2", "Classes it promotes"), pending_fragment(f"/fragment/promotes/{quote(row.name, safe='')}/{channel}",
+                                                                    "finding the classes it promotes")]
     sections += [tag("h2", "Circuits"), pending_fragment(f"/fragment/circuits/{quote(row.name, safe='')}/{channel}",
                                                          "computing expanded weights")]
     sections += [tag("h2", "Receptive field"), rf_svg(info, row),
@@ -265,6 +267,15 @@ def examples_fragment(layer: str, entries: list[dict], urls: list[tuple[str, str
                                                               class_="muted"), class_="card")
              for entry, (crop, full) in zip(entries, urls)]
     return tag("div", cards, class_="grid strip examples")
+
+
+def promotes_fragment(classes: list[dict], photos: bool) -> str:
+    """The classes a unit promotes most: each logit's rise per unit of the channel's activation."""
+    how = ("the mean over the first photos of --images" if photos else
+           "through the linearized network (ReLUs as the identity; start the server with --images to average over photos)")
+    rows = [tag("tr", tag("td", f"{c['label']} ({c['index']})"), tag("td", f"{c['value']:+.3g}")) for c in classes]
+    return join(tag("table", tag("tr", tag("th", "class"), tag("th", "d logit / d activation")), rows, id="promotes"),
+                tag("p", f"How much each class score rises with this channel's activation, {how}.", class_="muted"))
 
 
 def circuits_fragment(data: dict, thumbs: dict[tuple[str, int], Markup]) -> str:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
 from ..examples.source import list_images
+from ..explain.promotes import promoted_classes
 from ..core.images import load_image, save_image
 from ..models.wrapper import FeatvisModel
 from ..optvis.settings import RenderSettings
@@ -28,6 +29,7 @@ from .state import DIVERSITY, DROP_AFTER
 from .units import ModelInfo
 
 DEFAULT_UPLOAD_MB = 20
+PROMOTE_PHOTOS = 8  # photos of --images a unit's promoted classes are averaged over
 EXPLAIN_ICON_PX = 64
 
 
@@ -73,6 +75,16 @@ class Sections:
 
     def start_circuits(self, layer: str, channel: int, retry: bool = False) -> Task:
         return self.tasks.start(("circuits", layer, channel), lambda task: self.circuits.connections(layer, channel), retry=retry)
+
+    def start_promotes(self, layer: str, channel: int, retry: bool = False) -> Task:
+        """The classes a unit promotes (featvis.explain.promotes): over the first photos of --images, else
+        through the linearized network."""
+        def work(task: Task) -> list[dict]:
+            photos = [load_image(p) for p in list_images(self.images)[:PROMOTE_PHOTOS]] if self.images else None
+            return [{"index": i, "label": label, "value": value}
+                    for i, label, value in promoted_classes(self.aux, layer, channel, photos=photos)]
+
+        return self.tasks.start(("promotes", layer, channel), work, retry=retry)
 
     def start_erf(self, layer: str, retry: bool = False) -> Task:
         def work(task: Task) -> dict:

@@ -137,3 +137,34 @@ def test_pictures_refine_in_place_and_a_closed_page_leaves_no_queue(browser, tmp
         assert stats["pending"] == 0 and stats["dropped"] > 0, stats
     finally:
         serve.stop()
+
+
+def test_another_sites_page_cannot_drive_the_server_and_negatives_use_the_pre_activation(browser, site, tmp_path):
+    """A page served from another origin (another port of 127.0.0.1) submits a form to the server and embeds
+    one of its unit pages: both are refused (403) and nothing is queued; the server's own unit page of
+    relu1 says its negative is -conv1, the layer the ReLU reads."""
+    import http.server
+    import threading
+
+    project, serve = site
+    (tmp_path / "evil.html").write_text(
+        f'<form id="f" method="post" action="{serve.url}/api/enqueue/conv3/7"></form>'
+        f'<img id="i" src="{serve.url}/layer/conv3/6">')
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        before = serve.json("/api/stats")
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{other.server_address[1]}/evil.html")
+        page.wait_for_function("() => document.getElementById('i').complete")
+        with page.expect_navigation():
+            page.evaluate("document.getElementById('f').submit()")
+        assert "cross-origin requests that change the server's state are refused" in page.inner_text("body")
+        after = serve.json("/api/stats")
+        assert (after["render_calls"], after["pending"]) == (before["render_calls"], before["pending"])
+        page.goto(serve.url + "/layer/relu1/2")
+        assert "-conv1:2: the layer before its activation" in page.inner_text("body")
+        page.close()
+    finally:
+        other.shutdown()

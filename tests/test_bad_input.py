@@ -92,6 +92,9 @@ CASES = [
     (["layers", "nets.py:tiny", "--std", "0,0,0"], {}, "argument --std: a std divides the input"),
     (["render", "nets.py:marked", "conv:0", "--steps", "0", "-o", "keep.png"], {}, "argument --steps: must be at least 1"),
     (["render", "nets.py:marked", "conv:0", "--size", "100000", "-o", "keep.png"], {}, "use a smaller --size"),
+    (["explain", "nets.py:tiny", "small.png", "--layer", "conv", "--steps", "100001", "-o", "keep.html"], {},
+     "steps must be a whole number from 1 to 100,000"),  # one bound for every door (RenderSettings)
+    (["circuit", "nets.py:tiny", "conv:0", "--from", "conv", "--steps", "100001", "-o", "keep.png"], {}, "steps must be a whole number from 1 to 100,000"),
     # output paths, checked before any work
     (["render", "nets.py:marked", "conv:0", "-o", "keep.xyz"], {}, "cannot save an image as '.xyz'"),
     (["render", "nets.py:marked", "conv:0", "-o", "dir.png"], {}, "dir.png is a folder"),

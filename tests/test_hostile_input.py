@@ -201,7 +201,7 @@ def test_ctrl_c_during_render_keeps_the_old_image_and_says_so(user_models):
     keep.write_bytes(b"an earlier render")
     mark = user_models / "started"
     # --quiet: off a terminal, progress lines (e.g. the natural-photo pass's) would share stderr with the one line checked
-    process = _python("-c", MAIN, "render", "nets.py:marked", "conv:0", "--steps", "1000000000", "--size", "16", "-o",
+    process = _python("-c", MAIN, "render", "nets.py:marked", "conv:0", "--steps", "100000", "--size", "16", "-o",
                       "keep.png", "--json", "--quiet", "--precision", "float32", cwd=user_models,
                       env={"FEATVIS_TEST_MARK": str(mark)})
     deadline = time.monotonic() + 240

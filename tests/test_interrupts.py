@@ -89,7 +89,7 @@ def test_ctrl_c_during_explain_keeps_the_earlier_page(project):
     page = project / "explain.html"
     page.write_text("<p>an earlier explanation</p>")
     code, err = _interrupted(project, "explain", "nets.py:marked", "photo.png", "--layer", "relu", "--groups", "2",
-                             "--input-size", "32", "--steps", "1000000000", "--size", "16", "-o", "explain.html")
+                             "--input-size", "32", "--steps", "100000", "--size", "16", "-o", "explain.html")
     assert code == 130, err
     assert err == "featvis: interrupted\n"
     assert page.read_text() == "<p>an earlier explanation</p>"
@@ -100,7 +100,7 @@ def test_ctrl_c_during_circuit_keeps_the_earlier_figure(project):
     figure = project / "circuit.png"
     figure.write_bytes(b"an earlier figure")
     code, err = _interrupted(project, "circuit", "nets.py:marked", "relu:1", "--from", "conv", "--k", "2",
-                             "--input-size", "32", "--steps", "1000000000", "--size", "16", "-o", "circuit.png")
+                             "--input-size", "32", "--steps", "100000", "--size", "16", "-o", "circuit.png")
     assert code == 130, err
     assert err == "featvis: interrupted\n"
     assert figure.read_bytes() == b"an earlier figure"

@@ -176,7 +176,7 @@ def activation_atlas(
     pictures = (settings or ATLAS_CELLS).replace(size=cell, steps=steps, seed=seed, precision=precision)
     seed = pictures.seed
     for name, value, least, most in (("grid", grid, 1, 200), ("samples", samples, 2, 10_000_000), ("cell", pictures.size, 8, 512),
-                                     ("steps", pictures.steps, 1, 100_000), ("render-batch", render_batch, 1, 1024)):
+                                     ("render-batch", render_batch, 1, 1024)):  # steps: RenderSettings bounds them
         if not least <= int(value) <= most:
             raise FeatvisError(f"--{name} must be between {least} and {most}, got {value}")
     check_loader_args(batch, workers)

@@ -36,6 +36,11 @@ VALID = ("sigmoid", "clip")
 FULL_STEPS = 512
 
 
+#: the most optimisation steps one picture takes (every door: render, gallery, serve, explain, atlas, circuit);
+#: 100,000 is 200 times the full-quality 512
+MAX_STEPS = 100_000
+
+
 @dataclass(frozen=True)
 class RenderSettings:
     """What a picture depends on besides its objective and model (see the module docstring).
@@ -60,8 +65,8 @@ class RenderSettings:
         for name in ("steps", "size", "seed"):  # numpy integers as plain ints (JSON keys, comparisons)
             if _whole(getattr(self, name)):
                 object.__setattr__(self, name, int(getattr(self, name)))
-        if not _whole(self.steps) or self.steps < 1:
-            raise FeatvisError(f"steps must be a whole number >= 1, got steps={self.steps!r}")
+        if not _whole(self.steps) or not 1 <= self.steps <= MAX_STEPS:
+            raise FeatvisError(f"steps must be a whole number from 1 to {MAX_STEPS:,}, got steps={self.steps!r}")
         if not _whole(self.size) or self.size < 8:
             raise FeatvisError(f"image size must be a whole number, size >= 8 px, got size={self.size!r}")
         if not _whole(self.seed):

@@ -1,7 +1,7 @@
 """The serve queue's batch size against a brute-force search: for a render call costing ``a + c * b``
 seconds for ``b`` images, the size it picks gives a mean wait within 5% of the best any size gives, on a
 CPU-like cost (each image costs about as much as a call: batch nothing), a GPU-like one (a call costs
-20x an image: batch) and between; before two sizes are measured it explores (largest, then one)."""
+20x an image: batch) and between; before two sizes are measured it explores (one image, then the largest)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,10 @@ def mean_wait(a: float, c: float, n: int, b: int) -> float:
 @pytest.mark.parametrize("n", [1, 2, 8, 32])
 def test_the_chosen_batch_waits_least(a, c, n):
     sizer = BatchSizer(most=16)
-    assert sizer.size(n) == min(n, 16)  # nothing measured: try the largest batch
-    sizer.add(min(n, 16), a + c * min(n, 16))
-    if n >= 2:
-        assert sizer.size(n) == 1  # then one image, for a second size
-    for b in (1, 4, 16):
+    assert sizer.size(n) == 1  # nothing measured: one image (the first picture a page asks for, soonest)
+    sizer.add(1, a + c)
+    assert sizer.size(n) == min(n, 16)  # then the largest batch, for a second size
+    for b in (4, 16):
         sizer.add(b, a + c * b)
     fitted = sizer.fit()
     assert fitted == pytest.approx((a, c), rel=1e-6, abs=1e-9)

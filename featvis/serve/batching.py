@@ -6,7 +6,8 @@ batch of 8 costs little more than one; on a 2-core CPU ``a`` is small and a batc
 renders, so batching only makes everyone wait for the slowest. With ``n`` images waiting and batches served
 in turn, the mean wait is about ``(a + c b)(n / b + 1) / 2``, least at ``b = sqrt(a n / c)``. `BatchSizer`
 fits ``a`` and ``c`` to the server's recent render calls (least squares) and answers that size, within
-``1 .. most``; until it has seen two sizes it tries the largest batch, then a single image.
+``1 .. most``; until it has seen two sizes it tries a single image (the first picture a page asks for
+comes soonest), then the largest batch.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class BatchSizer:
         fitted = self.fit()
         if fitted is None:
             tried = {b for b, _ in self._calls}
-            return 1 if tried and max(tried) > 1 and waiting >= 2 else most  # explore: large first, then one
+            return most if tried == {1} else 1  # explore: one image first, then the largest batch
         a, c = fitted
         if c <= 0:
             return most  # an image adds nothing measurable: batch all

@@ -176,9 +176,9 @@ def test_dataset_examples_of_a_call(tmp_path):
 
 
 def test_counting_the_calls_never_touches_the_users_model():
-    """The calls are counted on a shape-only copy without hooks: the user's own hook sees exactly the one
-    forward pass of the capture. A lazy layer keeps waiting for the user's first real input: its copy
-    cannot run shape-only, so the calls are unknown, and ``#k`` is checked when the model runs."""
+    """The calls are counted on a copy of the module tree without hooks: the user's own hook sees exactly the
+    one forward pass of the capture. A lazy layer keeps waiting for the user's first real input: a model with
+    one is not counted (the pass would shape it), and ``#k`` is checked when the model runs."""
     torch.manual_seed(0)
     for net, counted in [(nn.Sequential(Shared()), True), (nn.Sequential(Shared(), nn.LazyLinear(2)), False)]:
         model = featvis.as_model(net, input_size=SIZE)

@@ -9,6 +9,8 @@ an activation module, the module whose output it reads, found in one forward pas
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -25,43 +27,62 @@ def pre_activation(model: nn.Module, layer: str) -> str | None:
     """The layer name whose output ``layer``'s activation reads, or None where ``layer`` is no known
     activation (its own values may be negative) or where that input cannot be read back (an in-place
     activation overwrites it; a function, not a module, produced it)."""
+    return pre_activations(model, [layer])[layer]
+
+
+@analysis
+@torch.no_grad()
+def pre_activations(model: nn.Module, layers: Sequence[str]) -> dict[str, str | None]:
+    """`pre_activation` of each of ``layers``, with one forward pass for all (run it before the model is
+    shared with another thread: the pass hooks every module)."""
     fmodel = as_model(model)
-    if layer in fmodel.concats:
-        return None  # a concat layer joins modules' outputs: GoogLeNet's are the pre-activations themselves
-    named = [f"{name}_pre_relu" for name in (layer, *fmodel.aliases_of(fmodel.resolve(layer)))]
-    found = next((name for name in named if name in fmodel.aliases or name in fmodel.concats), None)
-    if found is not None:
-        return found
-    site = fmodel.site(layer)
-    path, call = split_call(site)
-    module = fmodel.net.get_submodule(path)
-    if not isinstance(module, ACTIVATIONS) or getattr(module, "inplace", False):
-        return None
-    return _producer(fmodel, path, call or 1)
+    found: dict[str, str | None] = {}
+    wanted: dict[str, list[str]] = {}  # the site of an activation module -> the layer names asking for it
+    for layer in layers:
+        if layer in fmodel.concats:
+            found[layer] = None  # a concat layer joins modules' outputs: GoogLeNet's are the pre-activations themselves
+            continue
+        named = [f"{name}_pre_relu" for name in (layer, *fmodel.aliases_of(fmodel.resolve(layer)))]
+        found[layer] = next((name for name in named if name in fmodel.aliases or name in fmodel.concats), None)
+        if found[layer] is None:
+            site = fmodel.site(layer)
+            module = fmodel.net.get_submodule(split_call(site)[0])
+            if isinstance(module, ACTIVATIONS) and not getattr(module, "inplace", False):
+                wanted.setdefault(site, []).append(layer)
+    if wanted:
+        producers = _producers(fmodel, list(wanted))
+        for site, names in wanted.items():
+            for name in names:
+                found[name] = producers.get(site)
+    return found
 
 
-def _producer(model: FeatvisModel, path: str, call: int) -> str | None:
-    """The site whose output is the input of call ``call`` of module ``path``, by tensor identity."""
+def _producers(model: FeatvisModel, sites: list[str]) -> dict[str, str]:
+    """For each site, the site whose output is its input, by tensor identity, in one forward pass."""
     outputs: dict[int, str] = {}  # id of an output tensor -> the innermost site that returned it
     kept: list[torch.Tensor] = []  # every tensor stays alive, so no id is reused during the pass
     calls: dict[str, int] = {}
-    wanted: list[torch.Tensor] = []
+    inputs: dict[str, torch.Tensor] = {}
+
+    def site_of(name: str) -> str:
+        once = calls[name] == 1 and model.calls(name) in (1, None)  # uncounted: a bare name is the first call
+        return name if once else f"{name}{CALL_MARK}{calls[name]}"
 
     def before(name: str):
-        def hook(module: nn.Module, inputs: tuple) -> None:
-            if name == path and calls.get(name, 0) + 1 == call and inputs and isinstance(inputs[0], torch.Tensor):
-                wanted.append(inputs[0])
+        def hook(module: nn.Module, args: tuple) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if args and isinstance(args[0], torch.Tensor):
+                inputs.setdefault(site_of(name), args[0])
+            calls[name] -= 1  # counted again when it finishes
 
         return hook
 
     def after(name: str):
-        def hook(module: nn.Module, inputs: tuple, output) -> None:
+        def hook(module: nn.Module, args: tuple, output) -> None:
             calls[name] = calls.get(name, 0) + 1
             if isinstance(output, torch.Tensor):
                 kept.append(output)
-                once = calls[name] == 1 and model.calls(name) in (1, None)  # uncounted: a bare name is the first call
-                site = name if once else f"{name}{CALL_MARK}{calls[name]}"
-                outputs.setdefault(id(output), site)
+                outputs.setdefault(id(output), site_of(name))
 
         return hook
 
@@ -75,5 +96,5 @@ def _producer(model: FeatvisModel, path: str, call: int) -> str | None:
     finally:
         for handle in handles:
             handle.remove()
-    found = outputs.get(id(wanted[0])) if wanted else None
-    return (model.aliases_of(found) or [found])[0] if found is not None else None  # by its alias where it has one
+    found = {site: outputs.get(id(inputs[site])) for site in sites if site in inputs}
+    return {site: (model.aliases_of(p) or [p])[0] for site, p in found.items() if p is not None}  # by alias where it has one

@@ -44,7 +44,7 @@ class FeatvisModel(nn.Module):
     block, as EfficientNet's ``_swish`` or torchvision ResNet's ``relu``) has one output per call:
     ``name#k`` names its k-th call (``#1`` the first) and every analysis of outputs takes exactly that
     call; the bare name is the first call, with a warning naming the others (`site`). The calls are
-    counted once per model, on a shape-only copy (`count_calls`).
+    counted once per model, on a hook-free copy of the module tree (`count_calls`).
     """
 
     def __init__(
@@ -274,29 +274,29 @@ def split_call(layer: str) -> tuple[str, int | None]:
 
 def count_calls(model: FeatvisModel) -> dict[str, int] | None:
     """How many times each module path of ``model.net`` runs in one forward pass of a blank image of the
-    model's input size, measured on a copy whose parameters and buffers are shape-only "meta" tensors
-    and which has no hooks: no arithmetic, and the user's model, its hooks and its lazy layers never see
-    the pass. None where the copy or the pass fails (a model that needs real values)."""
+    model's input size (eval mode, no gradients), measured on a copy of the module tree that shares the
+    parameters and buffers but has no hooks: the user's hooks never see the pass and nothing of theirs
+    changes. None where the model has lazy layers (the pass would shape them) or fails on a blank image
+    (the analysis reports the model's error)."""
+    tensors = list(itertools.chain(model.net.parameters(), model.net.buffers()))
+    if any(is_lazy(t) for t in tensors):
+        return None
+    counts: dict[str, int] = {}
     try:
-        memo: dict[int, object] = {}
-        for tensor in itertools.chain(model.net.parameters(), model.net.buffers()):
-            if not is_lazy(tensor):
-                meta = torch.empty_like(tensor, device="meta")
-                memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
-        net = copy.deepcopy(model.net, memo).eval()
-        counts: dict[str, int] = {}
+        net = copy.deepcopy(model.net, {id(t): t for t in tensors})  # the modules copied, the tensors shared
+        net.eval()
         for path, module in net.named_modules():
             for hooks in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
                 getattr(module, hooks, {}).clear()
             if path:
                 module.register_forward_hook(lambda *_, path=path: counts.__setitem__(path, counts.get(path, 0) + 1))
-        parameter = next((p for p in net.parameters() if p.is_floating_point()), None)
-        x = torch.zeros(1, 3, model.input_size, model.input_size, device="meta",
+        parameter = next((p for p in tensors if p.is_floating_point()), None)
+        x = torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device,
                         dtype=parameter.dtype if parameter is not None else torch.float32)
         with torch.no_grad():
-            net(model.preprocess(x) if model.preprocess is not None else x[:, :1] if model.grayscale else x)
+            net(model.normalize(x))
         return counts
-    except Exception:  # noqa: BLE001 - any failure of the user's code on shape-only tensors: counts unknown
+    except Exception:  # noqa: BLE001 - the user's code fails on a blank image: counts unknown
         return None
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from .._util.errors import FeatvisError
 from ..circuits import previous_layer
-from ..core.activations import pre_activation
+from ..core.activations import pre_activations
 from ..core.layer_table import layer_table
 from ..core.plan import Layer
 from ..gallery import manifest as mf
@@ -85,7 +85,8 @@ class ModelInfo:
                        and any(True for _ in model.net.get_submodule(split_call(rows[0].path)[0]).parameters())]
         self._block_of = {row.name: block for block, rows in self.blocks.items() for row in rows}
         self._next: dict[str, str] = {}
-        self._pre: dict[str, str | None] = {}  # a layer's pre-activation, for its negatives (found when first asked)
+        # a layer's pre-activation, for its negatives: found now, in one pass, before the render queue owns the model
+        self._pre = pre_activations(model, [row.name for row in self.rows if row.has_channels and "/" not in row.name])
         for row in self.rows:
             before = self.source_of(row.name)
             if before is not None:
@@ -122,8 +123,6 @@ class ModelInfo:
     # --- pictures ---------------------------------------------------------------------------
     def objective(self, row: Row, index: int, kind: str) -> Objective:
         """The gallery's objective for a kind of picture (featvis.gallery.job.unit_objective)."""
-        if kind == "negative" and row.name not in self._pre:
-            self._pre[row.name] = pre_activation(self.model, row.name)
         return unit_objective(row.name, index, kind, self.diversity, pre=self._pre.get(row.name))
 
     def picture(self, row: Row, index: int, kind: str, priority: int = 0) -> Picture:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..models.modes import analysis
-from ..models.wrapper import CALL_MARK, FeatvisModel, as_model, split_call
+from ..models.wrapper import FeatvisModel, as_model, site_name, split_call
+from .sites import every_module_hooked
 
 #: activation modules whose output is (close to) never negative: negating them is meaningless
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.Softplus, nn.Sigmoid, nn.Hardsigmoid)
@@ -64,37 +65,23 @@ def _producers(model: FeatvisModel, sites: list[str]) -> dict[str, str]:
     calls: dict[str, int] = {}
     inputs: dict[str, torch.Tensor] = {}
 
-    def site_of(name: str) -> str:
-        once = calls[name] == 1 and model.calls(name) in (1, None)  # uncounted: a bare name is the first call
-        return name if once else f"{name}{CALL_MARK}{calls[name]}"
-
-    def before(name: str):
+    def before(name: str):  # a call is counted when it starts; its end (after) names the same call
         def hook(module: nn.Module, args: tuple) -> None:
             calls[name] = calls.get(name, 0) + 1
             if args and isinstance(args[0], torch.Tensor):
-                inputs.setdefault(site_of(name), args[0])
-            calls[name] -= 1  # counted again when it finishes
+                inputs.setdefault(site_name(name, calls[name], model.calls(name)), args[0])
 
         return hook
 
     def after(name: str):
         def hook(module: nn.Module, args: tuple, output) -> None:
-            calls[name] = calls.get(name, 0) + 1
             if isinstance(output, torch.Tensor):
                 kept.append(output)
-                outputs.setdefault(id(output), site_of(name))
+                outputs.setdefault(id(output), site_name(name, calls[name], model.calls(name)))
 
         return hook
 
-    handles = []
-    try:
-        for name, module in model.net.named_modules():
-            if name:
-                handles.append(module.register_forward_pre_hook(before(name)))
-                handles.append(module.register_forward_hook(after(name)))
+    with every_module_hooked(model.net, after=after, before=before):
         model(torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device))
-    finally:
-        for handle in handles:
-            handle.remove()
     found = {site: outputs.get(id(inputs[site])) for site in sites if site in inputs}
     return {site: (model.aliases_of(p) or [p])[0] for site, p in found.items() if p is not None}  # by alias where it has one

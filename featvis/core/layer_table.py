@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from .._util.failures import forward_failed, user_location
-from ..models.wrapper import CALL_MARK, FeatvisModel
+from ..models.wrapper import FeatvisModel, site_name
+from .sites import every_module_hooked
 
 
 @torch.no_grad()
@@ -23,7 +24,6 @@ def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict
     """
     size = input_size or model.input_size
     shapes: dict[str, list[list[int] | None]] = {}
-    handles = []
 
     def record(path: str):
         def hook(module: nn.Module, inputs, output) -> None:
@@ -32,17 +32,12 @@ def layer_table(model: FeatvisModel, input_size: int | None = None) -> list[dict
         return hook
 
     try:
-        for path, module in model.net.named_modules():
-            if path:
-                handles.append(module.register_forward_hook(record(path)))
-        model(torch.zeros(1, 3, size, size, device=model.mean.device))
+        with every_module_hooked(model.net, after=record):
+            model(torch.zeros(1, 3, size, size, device=model.mean.device))
     except RuntimeError as exc:  # torch's own complaint (a window larger than its input): as `receptive_fields` says it
         if user_location(exc) is not None:
             raise
         raise forward_failed(model.name, (size, size), exc) from None
-    finally:
-        for handle in handles:
-            handle.remove()
     rows = [_row(model, path, type(module).__name__, shapes.get(path, [])) for path, module in model.net.named_modules() if path]
     rows += [{"name": name, "type": "Concat", "output_shape": _concat_shape([(shapes.get(path) or [None])[0] for path in parts]),
               "aliases": [], "concat": list(parts), "calls": min(len(shapes.get(path, [])) for path in parts)}
@@ -55,7 +50,7 @@ def _row(model: FeatvisModel, path: str, kind: str, shapes: list[list[int] | Non
     row = {"name": path, "type": kind, "output_shape": shapes[0] if shapes else None, "aliases": model.aliases_of(path),
            "calls": len(shapes)}
     if len(shapes) > 1:
-        row["sites"] = [{"name": f"{path}{CALL_MARK}{k}", "output_shape": shape} for k, shape in enumerate(shapes, 1)]
+        row["sites"] = [{"name": site_name(path, k, len(shapes)), "output_shape": shape} for k, shape in enumerate(shapes, 1)]
     return row
 
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from .._util.errors import FeatvisError
 from ..models.modes import analysis
-from ..models.wrapper import CALL_MARK, FeatvisModel, as_model
-from .sites import site_modules
+from ..models.wrapper import FeatvisModel, as_model, site_name
+from .sites import every_module_hooked, site_modules
 
 
 class _StopForward(Exception):
@@ -126,7 +126,6 @@ def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     fmodel = as_model(model)
     finished: list[tuple[str, int]] = []  # (path, call) of each spatial output, in the order they finish
     calls: dict[str, int] = {}
-    handles = []
 
     def record(path: str):
         def hook(module, inputs, output) -> None:
@@ -136,12 +135,6 @@ def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
 
         return hook
 
-    try:
-        for path, module in fmodel.net.named_modules():
-            if path:
-                handles.append(module.register_forward_hook(record(path)))
+    with every_module_hooked(fmodel.net, after=record):
         fmodel(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [path if calls[path] == 1 else f"{path}{CALL_MARK}{call}" for path, call in finished]
+    return [site_name(path, call, calls[path]) for path, call in finished]

@@ -1,4 +1,5 @@
-"""One module per site, for anything that hooks a layer's output (probes, captum's layer methods, injections).
+"""Where hooks go: one module per site, for anything that hooks a layer's output (probes, captum's layer
+methods, injections), and `every_module_hooked` for the passes that measure every module at once.
 
 A site (``FeatvisModel.site``) is a module path, or ``path#k``: the k-th call of a module that runs
 several times in one forward pass. Hooks on the module itself would see every call; ``site_modules``
@@ -10,11 +11,30 @@ of a module that runs once is the module itself: nothing changes in the user's m
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from torch import nn
 
 from ..models.wrapper import FeatvisModel, split_call
+
+
+@contextlib.contextmanager
+def every_module_hooked(net: nn.Module, after: Callable[[str], Callable] | None = None,
+                        before: Callable[[str], Callable] | None = None) -> Iterator[None]:
+    """For the duration, every named module of ``net`` carries the forward hook ``after(path)`` and the forward
+    pre-hook ``before(path)`` (the passes that measure a whole model: shapes, fields, producers); removed on exit."""
+    handles = []
+    try:
+        for path, module in net.named_modules():
+            if path:
+                if before is not None:
+                    handles.append(module.register_forward_pre_hook(before(path)))
+                if after is not None:
+                    handles.append(module.register_forward_hook(after(path)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager

@@ -119,8 +119,7 @@ class FeatvisModel(nn.Module):
     def sites(self) -> list[str]:
         """Every output a layer name can mean (`site`), in definition order: a module path, or
         ``path#1`` .. ``path#n`` for a module that runs n times."""
-        return [site for path in self.layer_names()
-                for site in ([path] if (self.calls(path) or 1) == 1 else [f"{path}{CALL_MARK}{k}" for k in range(1, self.calls(path) + 1)])]
+        return [site_name(path, k, self.calls(path)) for path in self.layer_names() for k in range(1, (self.calls(path) or 1) + 1)]
 
     def aliases_of(self, path: str) -> list[str]:
         return [alias for alias, target in self.aliases.items() if target == path]
@@ -270,6 +269,12 @@ def split_call(layer: str) -> tuple[str, int | None]:
     if not call.isdigit():
         raise FeatvisError(f"'{layer}': a call after '{CALL_MARK}' is a number from 1, e.g. {name}{CALL_MARK}1")
     return name, int(call)
+
+
+def site_name(path: str, call: int, calls: int | None) -> str:
+    """The name of call ``call`` of the module at ``path``, which runs ``calls`` times per forward pass: the
+    path itself for a module that runs once (or, uncounted, for its first call), else ``path#call``."""
+    return path if call == 1 and calls in (1, None) else f"{path}{CALL_MARK}{call}"
 
 
 def count_calls(model: FeatvisModel) -> dict[str, int] | None:

@@ -36,6 +36,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .._util.errors import FeatvisError
 from .._util.failures import forward_failed
 from ..core import shapes
+from ..core.sites import every_module_hooked
 from ..models.modes import analysis, eval_mode
 from ..models.wrapper import CALL_MARK, FeatvisModel, as_model
 from .field import _Axis, _Local, _Merged, _Op, _tensors, _Unknown
@@ -149,22 +150,13 @@ def _trace_once(model: FeatvisModel, size: tuple[int, int], meta: bool,
     device = torch.device("meta") if meta else model.mean.device
     image = torch.zeros(1, 3, *size, dtype=dtype, device=device)
     tracer.fields[image] = _Local((-2, -1), (_Axis.pixels(size[0]), _Axis.pixels(size[1])))
-    handles = []
-    try:
-        for path, module in model.net.named_modules():
-            if path:
-                handles.append(module.register_forward_pre_hook(before(path)))
-                handles.append(module.register_forward_hook(after(path)))
-        with tracer:
-            if meta:
-                tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-                shapes_only = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
-                torch.func.functional_call(model, shapes_only, (image,))
-            else:
-                model(image)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with every_module_hooked(model.net, after=after, before=before), tracer:
+        if meta:
+            tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+            shapes_only = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
+            torch.func.functional_call(model, shapes_only, (image,))
+        else:
+            model(image)
     return records
 
 

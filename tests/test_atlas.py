@@ -84,12 +84,12 @@ def test_atlas_cells_are_means_of_real_activation_vectors(collection, tmp_path):
 
 
 def test_sampled_vectors_are_activations_of_their_image(collection):
-    from featvis.examples.atlas import AtlasSampler
+    from featvis.examples.sample import PositionSampler
     from featvis.examples.source import list_images, loader
 
     model = slow_cnn()
     paths = list_images(collection)
-    sampler = AtlasSampler(5, 3 * len(paths), 3, seed=0)
+    sampler = PositionSampler(5, 3 * len(paths), 3, seed=0)
     for batch in loader(paths, range(len(paths)), 32, 8, 0):
         sampler.update(batch, {"act": featvis.capture(model, batch.images, ["conv2"])["conv2"]})
     assert sampler.count == 3 * len(paths)

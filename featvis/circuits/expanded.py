@@ -129,9 +129,15 @@ def expanded_weights(model: nn.Module, source: str, target: str, *, progress: bo
     Entry ``[t, s, a, b]`` is how much target channel ``t`` at a unit changes per unit of source
     channel ``s`` at row ``a``, column ``b`` of that unit's relative receptive field (``kh x kw``),
     with every nonlinearity taken as the identity and max pools as average pools over the same
-    window (see the module docstring). For adjacent convolutions it is the target's own kernel.
+    window (see the module docstring). For adjacent convolutions it is the target's own kernel. From a
+    dictionary's features (``LAYER_features``, `featvis.attach_dictionary`) it is the weights from ``LAYER``
+    times each feature's decoder direction; to them, through the features' encoder (the TopK taken as the identity).
     """
     fmodel = as_model(model)
+    if source in fmodel.dictionaries:  # a feature adds its decoder direction to the layer: weights from there, times it
+        dictionary = fmodel.dictionaries[source]
+        from_layer = expanded_weights(fmodel, dictionary.layer, target, progress=progress)
+        return torch.einsum("tcab,nc->tnab", from_layer, dictionary.decoder.to(from_layer))
     field, side, (y, x) = fitted_field(fmodel, source, target)
     box = field.region((y, x))
     net = copy.deepcopy(fmodel).to(torch.float64).eval()

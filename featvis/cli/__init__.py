@@ -22,7 +22,7 @@ from .._util.failures import routed_warnings, user_code_error
 from .._util.heap import keep_freed_memory
 from .streams import commands_own_stdout
 
-COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain", "examples", "atlas", "serve"]
+COMMANDS = ["layers", "classify", "gallery", "render", "filters", "maps", "saliency", "rf", "circuit", "explain", "examples", "atlas", "dictionary", "describe", "serve"]
 
 
 class OneLineParser(argparse.ArgumentParser):

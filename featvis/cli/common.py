@@ -1,5 +1,5 @@
 """Options shared by every subcommand: MODEL, --weights, --device, --input-size, --quiet, --json,
---mean/--std, and the one output option ``-o/--out``.
+--mean/--std, --dictionary, and the one output option ``-o/--out``.
 
 This module and every command's ``add_parser`` import nothing heavy: ``featvis --help`` and
 argument errors never import torch. Commands import the library inside their ``run``.
@@ -41,6 +41,9 @@ def add_model_args(parser: argparse.ArgumentParser, model_optional: bool = False
                         help="input mean (RGB, for [0,1] images; one value for a grayscale model, whose first conv reads "
                              "one channel); user models only (built-in models know theirs)")
     parser.add_argument("--std", type=_positive_floats, metavar="R,G,B", help="input std (RGB, or one value); user models only")
+    parser.add_argument("--dictionary", action="append", metavar="DIR", default=[],
+                        help="a dictionary from `featvis dictionary`: its features become the layer LAYER_features "
+                             "(e.g. mixed4c_features:17), usable wherever a layer is; repeat for several layers")
 
 
 def add_out_arg(parser: argparse.ArgumentParser, required: bool = True, what: str = "figure file: .png, .svg or .pdf",
@@ -114,8 +117,14 @@ def model_from_args(args: argparse.Namespace, pretrained: bool = True) -> "Featv
 
     if args.model in BUILTIN_MODELS and (args.mean is not None or args.std is not None):
         raise FeatvisError(f"--mean/--std set a user model's normalisation; {args.model} has its own, drop them")
-    return load_model(args.model, args.weights, args.device, mean=args.mean, std=args.std,
-                      input_size=getattr(args, "input_size", None), progress=show_progress(args), pretrained=pretrained)
+    model = load_model(args.model, args.weights, args.device, mean=args.mean, std=args.std,
+                       input_size=getattr(args, "input_size", None), progress=show_progress(args), pretrained=pretrained)
+    if getattr(args, "dictionary", None):
+        from ..dictionary import attach_dictionary
+
+        for folder in args.dictionary:
+            model = attach_dictionary(model, folder)
+    return model
 
 
 def print_json(obj: Any) -> None:

@@ -34,52 +34,12 @@ from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
 from ..optvis import RenderSettings, direction, render
 from ..optvis.settings import ATLAS_CELLS
-from .source import Batch, check_loader_args, images_digest, list_images
+from .sample import PositionSampler
+from .source import check_loader_args, images_digest, list_images
 from .stream import stream
 
 MAX_FLOATS = 1 << 28  # 1 GiB of sampled activations at most
 INSTALL = 'pip install "featvis[atlas]"  (or: pip install umap-learn)'
-
-
-class AtlasSampler:
-    """Activation vectors at ``per_image`` random positions of every image, with its predicted class and attribution."""
-
-    def __init__(self, channels: int, rows: int, per_image: int, seed: int):
-        self.per_image, self.seed = per_image, seed
-        self.vectors = torch.zeros(rows, channels)
-        self.image = torch.full((rows,), -1, dtype=torch.int64)
-        self.label = torch.full((rows,), -1, dtype=torch.int64)
-        self.weight = torch.ones(rows)
-        self.count = 0
-
-    def positions(self, index: int, height: int, width: int) -> torch.Tensor:
-        """The sampled (y, x) of image ``index``: a function of the seed and the index alone."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        flat = torch.randint(0, height * width, (self.per_image,), generator=generator)
-        return torch.stack([flat // width, flat % width], dim=1)
-
-    def update(self, batch: Batch, outputs: dict[str, torch.Tensor]) -> None:
-        act = outputs["act"].float().cpu()
-        for row, index in enumerate(batch.indices):
-            where = self.positions(index, act.shape[2], act.shape[3])
-            span = slice(self.count, self.count + len(where))
-            self.vectors[span] = act[row, :, where[:, 0], where[:, 1]].t()
-            self.image[span] = index
-            if "logits" in outputs:
-                self.label[span] = int(outputs["logits"][row].argmax())
-            if "attribution" in outputs:
-                self.weight[span] = outputs["attribution"][row].float().cpu()[where[:, 0], where[:, 1]]
-            self.count += len(where)
-
-    def state(self) -> dict:
-        return {"vectors": self.vectors, "image": self.image, "label": self.label, "weight": self.weight,
-                "count": torch.tensor(self.count)}
-
-    def load(self, state: dict) -> None:
-        if state["vectors"].shape != self.vectors.shape:
-            raise ValueError("checkpoint holds another sample size")
-        self.vectors, self.image, self.label, self.weight = state["vectors"], state["image"], state["label"], state["weight"]
-        self.count = int(state["count"])
 
 
 def _forward(model: FeatvisModel, layer: str, target: int | None):
@@ -198,7 +158,7 @@ def activation_atlas(
     rows = per_image * len(paths)
     if rows * channels > MAX_FLOATS:
         raise FeatvisError(f"{rows} samples x {channels} channels exceed {MAX_FLOATS} floats; lower --samples")
-    sampler = AtlasSampler(channels, rows, per_image, seed)
+    sampler = PositionSampler(channels, rows, per_image, seed)
     sampling = {"model": model_fingerprint(fmodel), "layer": layer, "samples": samples, "seed": seed,
                 "target": target_index, "images": images_digest(paths), "input_size": fmodel.input_size}
     digest = hashlib.sha256(json.dumps(sampling, sort_keys=True).encode()).hexdigest()

@@ -87,6 +87,8 @@ class FeatvisModel(nn.Module):
                                "or aliases or are not module paths; give new names, and module paths as parts")
         self._call_counts: dict[str, int] | None = None
         self._told_first_call: set[str] = set()
+        #: ``LAYER_features`` -> its `featvis.dictionary.Dictionary`, for the dictionaries attached (`attach_dictionary`)
+        self.dictionaries: dict = {}
 
     @classmethod
     def wrap(cls, net: "nn.Module | FeatvisModel", **kwargs) -> "FeatvisModel":
@@ -139,7 +141,7 @@ class FeatvisModel(nn.Module):
         A concat layer has no single module: it is refused with the names of its parts. A path written
         from the wrapper (``net.`` + a module path of the user's network, as ``FeatvisModel.net`` holds it) is that path.
         """
-        name, call = split_call(layer)
+        name, call = self._split(layer)
         path = self._resolve_name(name)
         count = self.calls(path)
         if call is not None and count is not None and not 1 <= call <= count:
@@ -153,7 +155,7 @@ class FeatvisModel(nn.Module):
         means its first call in every analysis, as it always has, and says so once per model in a warning
         naming the calls: they differ in shape and receptive field."""
         path = self.resolve(layer)
-        name, call = split_call(layer)
+        name, call = self._split(layer)
         count = self.calls(path)
         if count == 1 or (count is None and call is None):
             return path
@@ -163,6 +165,10 @@ class FeatvisModel(nn.Module):
                           f"first call, {name}{CALL_MARK}1 (name another, up to {name}{CALL_MARK}{count}; "
                           "`featvis layers MODEL` shows each call's shape)", stacklevel=2)
         return f"{path}{CALL_MARK}{call or 1}"
+
+    def _split(self, layer: str) -> tuple[str, int | None]:
+        """`split_call`, except that a name or alias of its own is never a call (``_swish#2_features``)."""
+        return (layer, None) if layer in self._paths or layer in self.aliases else split_call(layer)
 
     def _resolve_name(self, layer: str) -> str:
         if layer in self._paths:

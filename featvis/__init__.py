@@ -45,7 +45,12 @@ Public API (everything a notebook needs):
 - Building blocks (Olah et al. 2018): ``explain(model, photo, "mixed4d", target=..., groups=6)`` -> ``Explanation``
   (semantic dictionary, activation grid at exact RF centres, NMF groups, gradient x activation), ``explanation_page``, ``nmf``;
   ``promoted_classes(model, layer, channel, photos=None)``: the classes a unit raises most (its summed gradient, by
-  forward mode; without photos through the linearized network).
+  forward mode; without photos through the linearized network); ``describe(model, units, images=None)`` -> ``Description``
+  (the classes a unit promotes and the classes of its top photos, in the model's own words).
+- Features, not only neurons: ``train_dictionary(model, images, layer, features=N, k=K, samples=S)`` -> ``Dictionary``
+  (a TopK sparse autoencoder, Gao et al. 2024: ``decoder`` [N, C] unit directions, ``encode``, ``save``; metrics in
+  ``info``), ``load_dictionary(DIR)``, and ``attach_dictionary(model, DIR)``: the model with the layer
+  ``LAYER_features``, usable wherever a layer is (render, examples, circuits, describe, gallery, serve).
 
 ``import featvis`` is light: each name above is imported from its module on first use
 (``_EXPORTS``: name -> module), so the command line starts without torch.
@@ -119,6 +124,12 @@ _EXPORTS: dict[str, str] = {
     "merge_examples": "examples",
     "Atlas": "examples.atlas",
     "activation_atlas": "examples.atlas",
+    "Description": "explain.describe",
+    "describe": "explain.describe",
+    "Dictionary": "dictionary",
+    "attach_dictionary": "dictionary",
+    "load_dictionary": "dictionary",
+    "train_dictionary": "dictionary",
 }
 
 
@@ -188,4 +199,10 @@ __all__ = [
     "merge_examples",
     "activation_atlas",
     "Atlas",
+    "Description",
+    "describe",
+    "Dictionary",
+    "attach_dictionary",
+    "load_dictionary",
+    "train_dictionary",
 ]

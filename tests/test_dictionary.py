@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import featvis
 from featvis.dictionary import Dictionary, attach_dictionary, load_dictionary, train_dictionary
-from featvis.dictionary.build import EVAL_IMAGES
+from featvis.dictionary.build import evaluation_photos
 from dictionary_nets import CELL, DIRECTIONS, HEAD, planted_model, planted_photos
 
 SETTINGS = dict(features=64, k=2, steps=800, batch=512, lr=3e-3, workers=0, progress=False)
@@ -52,7 +52,7 @@ def _by_hand(dictionary: Dictionary, acts: torch.Tensor) -> torch.Tensor:
 
 def test_metrics_equal_a_by_hand_computation(planted):
     model, root, _, dictionary = planted
-    paths = sorted(str(p) for p in (root / "photos").glob("*.png"))[:EVAL_IMAGES]  # the photos the model metrics use
+    paths = evaluation_photos(sorted(str(p) for p in (root / "photos").glob("*.png")))  # held out of training
     x = torch.cat([model.prepare(featvis.load_image(p)) for p in paths])
     net = model.net
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_metrics_equal_a_by_hand_computation(planted):
     assert info["loss_recovered"] == pytest.approx(1 - (ce["reconstructed"] - ce["original"]) / (ce["zero"] - ce["original"]),
                                                    abs=1e-4)
     assert info["l0"] <= dictionary.k and 0 <= info["dead"] < dictionary.features
-    vectors = mix.permute(0, 2, 3, 1).reshape(-1, mix.shape[1])  # every position of these photos (the sample: all photos)
+    vectors = mix.permute(0, 2, 3, 1).reshape(-1, mix.shape[1])  # every position of the held-out photos
     fvu = float((vectors - recon.permute(0, 2, 3, 1).reshape(-1, mix.shape[1])).pow(2).sum() /
                 (vectors - vectors.mean(0)).pow(2).sum())
     assert abs(info["fvu"] - fvu) < 0.02 and fvu < 0.1
@@ -175,3 +175,20 @@ def test_describe_names_the_class_the_head_makes_each_feature_drive(planted):
                                                     if abs(dictionary.decoder[f, c]) >= 0.3]
     neuron, = describe(attached, ["mix:5"])
     assert neuron.loads["polysemanticity"] == int((dictionary.decoder[:, 5].abs() >= 0.3).sum())
+
+
+def test_real_googlenet_mixed4c_dictionary_reconstructs_and_keeps_the_predictions(inceptionv1, tmp_path):
+    from featvis.examples import sample_collection
+
+    sample_collection(tmp_path / "photos", 20, size=224, seed=0)
+    dictionary = train_dictionary(inceptionv1, tmp_path / "photos", "mixed4c", features=512, k=16, samples=20 * 196,
+                                  steps=200, batch=256, workers=0, progress=False)
+    info = dictionary.info
+    assert info["samples"] == 20 * 196 and info["held_out"] == 2 * 196
+    assert info["fvu"] < 0.5 and info["l0"] <= 16 and info["loss_recovered"] > 0.5, info
+    attached = attach_dictionary(inceptionv1, dictionary)
+    x = inceptionv1.prepare(featvis.load_image(sorted((tmp_path / "photos").rglob("*.png"))[0]))
+    acts = featvis.capture(attached, x, ["mixed4c", "mixed4c_features"])
+    assert acts["mixed4c_features"].shape == (1, 512, 14, 14)
+    assert torch.allclose(acts["mixed4c_features"], _by_hand(dictionary, acts["mixed4c"]), atol=1e-3)
+    assert torch.equal(attached(x), inceptionv1(x))

@@ -37,7 +37,8 @@ from .train import TrainSettings, train_nmf, train_topk
 METHODS = ("topk", "nmf")
 MAX_SAMPLES = 10_000_000
 MIN_SAMPLES = 64
-EVAL_IMAGES = 64  # photos the model-loss metrics run on
+EVAL_IMAGES = 64  # held-out photos the model-loss metrics run on
+HOLD_OUT = 10  # every 10th image (from the 10th) is held out of training, for the metrics
 CHECKPOINT = ".samples-{rank}of{world}.ckpt"
 
 
@@ -81,8 +82,11 @@ def train_dictionary(
     rank, world = shard_from_env()
     started = _join(world)
     try:
-        x, read = _sample(fmodel, paths, layer, channels, int(samples), seed, root, (rank, world), image_batch, workers,
-                          progress)
+        vectors, image, read = _sample(fmodel, paths, layer, channels, int(samples), seed, root, (rank, world), image_batch,
+                                       workers, progress)
+        held = held_out(len(paths))
+        heldout_rows = held[image] if held.any() else torch.ones(len(image), dtype=torch.bool)
+        x = vectors[~held[image]]
         if len(x) < max(MIN_SAMPLES, features if method == "topk" else 1):
             raise FeatvisError(f"only {len(x)} activation vectors from {read} readable images; a dictionary of {features} "
                                f"features needs at least {max(MIN_SAMPLES, features)}: give more photos or more --samples")
@@ -90,10 +94,11 @@ def train_dictionary(
         tensors = train_topk(x, settings, progress=progress) if method == "topk" else train_nmf(x, settings)
         dictionary = Dictionary(layer, k=k, method=method, **tensors)
         dictionary.info = {"model": fmodel.name, "fingerprint": model_fingerprint(fmodel), "site": site,
-                           "samples": len(x), "images": read, "seed": seed, "steps": settings.steps,
-                           "batch": settings.batch, "lr": settings.lr, "processes": world,
-                           **reconstruction(dictionary, x),
-                           **model_loss(fmodel, dictionary, site, paths[:EVAL_IMAGES], batch=image_batch, workers=workers)}
+                           "samples": len(vectors), "held_out": int(heldout_rows.sum()), "images": read, "seed": seed,
+                           "steps": settings.steps, "batch": settings.batch, "lr": settings.lr, "processes": world,
+                           **reconstruction(dictionary, vectors[heldout_rows], x),
+                           **model_loss(fmodel, dictionary, site, evaluation_photos(paths), batch=image_batch,
+                                        workers=workers)}
         if root is not None and rank == 0:
             dictionary.save(root)
         if world > 1:
@@ -104,6 +109,18 @@ def train_dictionary(
     finally:
         if started:
             dist.destroy_process_group()
+
+
+def held_out(count: int) -> torch.Tensor:
+    """[count] bool: the images held out of training (every `HOLD_OUT`-th; none when there are fewer)."""
+    index = torch.arange(count)
+    return (index % HOLD_OUT == HOLD_OUT - 1) if count >= HOLD_OUT else torch.zeros(count, dtype=torch.bool)
+
+
+def evaluation_photos(paths: Sequence[str]) -> list[str]:
+    """The photos the model-loss metrics run on: the first `EVAL_IMAGES` held-out ones (all photos' first where none are)."""
+    held = held_out(len(paths))
+    return [p for p, h in zip(paths, held.tolist()) if h or not held.any()][:EVAL_IMAGES]
 
 
 def _paths(images) -> list[str]:
@@ -151,8 +168,9 @@ def _join(world: int) -> bool:
 
 
 def _sample(model: FeatvisModel, paths: list[str], layer: str, channels: int, samples: int, seed: int, root: Path | None,
-            shard: tuple[int, int], batch: int, workers: int, progress: bool) -> tuple[torch.Tensor, int]:
-    """The sampled vectors [S, C] in image order (gathered from every process) and how many images were read."""
+            shard: tuple[int, int], batch: int, workers: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The sampled vectors [S, C] in image order (gathered from every process), each one's image index, and how
+    many images were read."""
     rank, world = shard
     per_image = max(1, math.ceil(samples / len(paths)))
     mine = range(rank, len(paths), world)
@@ -170,7 +188,8 @@ def _sample(model: FeatvisModel, paths: list[str], layer: str, channels: int, sa
     read = report.read
     if world > 1:
         x, image, read = _gather(x, image, read)
-    return x[image.argsort(stable=True)], read
+    order = image.argsort(stable=True)
+    return x[order], image[order], read
 
 
 def _gather(x: torch.Tensor, image: torch.Tensor, read: int) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -1,7 +1,8 @@
 """What the field reports of a dictionary: how well it reconstructs the layer, and what the model loses.
 
-- ``fvu``: fraction of variance unexplained, ``sum ||x - x_hat||^2 / sum ||x - mean||^2`` over the sampled vectors;
-- ``l0``: the mean number of active features per vector; ``dead``: features active on none of them;
+- ``fvu``: fraction of variance unexplained, ``sum ||x - x_hat||^2 / sum ||x - mean||^2`` over the vectors sampled
+  from held-out images (every 10th), ``l0`` the mean number of active features per vector there;
+- ``dead``: features active on none of the training vectors;
 - ``agreement`` and ``loss_recovered``, over photos, with the layer's output replaced by its reconstruction:
   the share of photos whose top-1 class stays the original prediction, and ``1 - (CE_rec - CE) / (CE_zero -
   CE)``, the increase in cross-entropy against the original predictions as a fraction of the increase from
@@ -24,19 +25,26 @@ CHUNK = 8192  # vectors encoded at once
 
 
 @torch.no_grad()
-def reconstruction(dictionary: Dictionary, x: torch.Tensor) -> dict[str, float | int]:
-    """``fvu``, ``l0`` and ``dead`` of ``dictionary`` on the vectors ``x`` [S, C]."""
-    layer = dictionary.layer_module()
-    error = 0.0
-    active, fired = 0, torch.zeros(dictionary.features, dtype=torch.bool)
-    for start in range(0, len(x), CHUNK):
-        rows = x[start : start + CHUNK, :, None, None].float()
-        f = layer(rows)
-        error += float((rows - layer.decode(f)).pow(2).sum())
+def reconstruction(dictionary: Dictionary, x: torch.Tensor, train: torch.Tensor) -> dict[str, float | int]:
+    """``fvu`` and ``l0`` of ``dictionary`` on the vectors ``x`` [S, C]; ``dead`` on the training vectors ``train``."""
+    error, active = 0.0, 0
+    for f, rows, recon in _encoded(dictionary, x):
+        error += float((rows - recon).pow(2).sum())
         active += int((f > 0).sum())
+    fired = torch.zeros(dictionary.features, dtype=torch.bool)
+    for f, _, _ in _encoded(dictionary, train):
         fired |= (f > 0).any(0).flatten()
     variance = float((x - x.mean(0)).pow(2).sum()) or 1.0
     return {"fvu": error / variance, "l0": active / max(1, len(x)), "dead": int((~fired).sum())}
+
+
+def _encoded(dictionary: Dictionary, x: torch.Tensor):
+    """(features, vectors, reconstructions) of ``x`` in chunks."""
+    layer = dictionary.layer_module()
+    for start in range(0, len(x), CHUNK):
+        rows = x[start : start + CHUNK, :, None, None].float()
+        f = layer(rows)
+        yield f, rows, layer.decode(f)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,35 @@ def test_two_torchrun_processes_train_the_dictionary_one_process_trains(trained,
         assert torch.allclose(getattr(one, name), getattr(two, name), atol=1e-4), name
     assert abs(one.info["fvu"] - two.info["fvu"]) < 1e-4
     assert int(((DIRECTIONS @ two.decoder.T).max(1).values >= 0.9).sum()) >= 20  # it learned (300 steps only)
+
+
+def test_serve_has_feature_pages_linked_to_their_neurons(trained, photos, tmp_path):
+    pytest.importorskip("starlette", reason="featvis serve needs the serve extra: pip install 'featvis[serve]'")
+    from collections import Counter
+
+    import featvis
+    from dictionary_nets import planted_model
+    from test_serve import Serve, fragment
+
+    out, _ = trained
+    dictionary = load_dictionary(out)
+    serve = Serve(tmp_path, tmp_path / "cache", "--images", str(photos), "--dictionary", str(out), model=MODEL)
+    try:
+        status, body, _ = serve.get("/layer/mix_features/3")
+        assert status == 200
+        section = body.decode().split('id="dictionary"', 1)[1].split("</div>", 1)[0]
+        neurons = [c for c in dictionary.decoder[3].abs().argsort(descending=True).tolist()
+                   if abs(dictionary.decoder[3, c]) >= 0.3]
+        assert [int(c) for c in re.findall(r'href="/layer/mix/(\d+)"', section)] == neurons
+        status, body, _ = serve.get("/layer/mix/5")
+        count = int((dictionary.decoder[:, 5].abs() >= 0.3).sum())
+        assert status == 200 and f"{count} features of the dictionary load on this neuron" in body.decode()
+        examples = fragment(serve, "/fragment/examples/mix_features/3")
+        names = re.findall(r'<div class="muted">(photo\d+\.png)</div>', examples)
+        model = planted_model()
+        predicted = Counter(model.classify([featvis.load_image(photos / name)], top=1)[0][0][1] for name in names)
+        assert len(names) == 9 and all(f"{label} ({n}/9)" in examples for label, n in predicted.items())
+        keys = serve.keys("/layer/mix_features/3")
+        serve.wait(keys[0], timeout=120)
+    finally:
+        serve.stop()

@@ -94,6 +94,8 @@ def _model_args(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--mean", args.mean), ("--std", args.std)):
         if value is not None:
             out += [flag, ",".join(repr(float(v)) for v in value)]
+    for folder in args.dictionary:
+        out += ["--dictionary", folder]
     return out
 
 

@@ -26,9 +26,8 @@ from .._util.errors import FeatvisError
 from ..core.images import load_image
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
-from .promotes import promoted_classes
+from .promotes import PHOTOS, promoted_classes
 
-PHOTOS = 8  # photos the promoted classes are averaged over
 EXAMPLES = 9  # top dataset examples whose predicted classes are counted
 
 
@@ -84,18 +83,17 @@ def describe(model: nn.Module, units: Sequence[str], images: str | os.PathLike |
                                       shard=(0, 1), progress=progress,
                                       channels={layer: ",".join(map(str, sorted(set(c)))) for layer, c in chosen.items()})
         layers = result.summary["layers"]
-        predicted = _predictions(fmodel, {e["path"] for per in layers.values() for entries in per.values() for e in entries})
+        predicted = predictions(fmodel, {e["path"] for per in layers.values() for entries in per.values() for e in entries})
         for description, (layer, channel) in zip(descriptions, parsed):
             entries = layers[layer][str(channel)]
-            counts = Counter(predicted[e["path"]] for e in entries)
             description.examples = len(entries)
-            description.seen_as = [(i, fmodel.label(i), n) for i, n in counts.most_common(top)]
+            description.seen_as = seen_as(fmodel, [e["path"] for e in entries], predicted, top)
     return descriptions
 
 
-def _predictions(model: FeatvisModel, paths: set[str]) -> dict[str, int]:
+def predictions(model: FeatvisModel, paths: set[str] | Sequence[str]) -> dict[str, int]:
     """Each photo's top-1 class, as the model classifies it."""
-    ordered = sorted(paths)
+    ordered = sorted(set(paths))
     predicted = {}
     for start in range(0, len(ordered), 16):
         chunk = ordered[start : start + 16]
@@ -104,9 +102,19 @@ def _predictions(model: FeatvisModel, paths: set[str]) -> dict[str, int]:
     return predicted
 
 
+def seen_as(model: FeatvisModel, paths: Sequence[str], predicted: dict[str, int] | None = None,
+            top: int = 5) -> list[tuple[int, str, int]]:
+    """The classes the model predicts for the photos ``paths`` (a unit's top examples), most frequent first."""
+    predicted = predicted if predicted is not None else predictions(model, paths)
+    counts = Counter(predicted[path] for path in paths)
+    return [(i, model.label(i), n) for i, n in counts.most_common(top)]
+
+
 def loads_of(model: FeatvisModel, layer: str, channel: int) -> dict | None:
     """For a neuron of a layer with an attached dictionary: the features that load on it and their count; for a
     feature: the neurons it loads on (strongest first). None where no dictionary is attached there."""
+    if layer in model.concats:  # several modules' outputs: never a dictionary's layer
+        return None
     for name, dictionary in model.dictionaries.items():
         if layer == name:
             weights = dictionary.decoder[channel]
@@ -121,4 +129,4 @@ def loads_of(model: FeatvisModel, layer: str, channel: int) -> dict | None:
     return None
 
 
-__all__ = ["Description", "describe", "loads_of"]
+__all__ = ["Description", "describe", "loads_of", "predictions", "seen_as"]

@@ -25,6 +25,8 @@ from .attribution import LayerInput
 
 #: photos per forward-mode pass
 CHUNK = 8
+#: photos of a collection the promoted classes are averaged over (describe, serve)
+PHOTOS = 8
 
 
 @analysis

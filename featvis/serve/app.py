@@ -30,6 +30,7 @@ from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_bytes
 from .._util.heap import give_back_memory
 from ..core.images import load_image
+from ..explain.describe import loads_of
 from . import pages
 from .jobs import example_crop
 from .state import State
@@ -100,7 +101,7 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
         sections.start_circuits(row.name, channel, retry=True)
         sections.start_promotes(row.name, channel, retry=True)
         sections.start_erf(row.name, retry=True)
-        return _html(pages.unit_page(info, row, channel, pictures, sections.photo_count))
+        return _html(pages.unit_page(info, row, channel, pictures, sections.photo_count, loads_of(info.model, row.name, channel)))
 
     def enqueue(request: Request) -> Response:
         row, channel = info.unit(request.path_params["name"], request.path_params["channel"])
@@ -158,9 +159,13 @@ def build_app(info: "ModelInfo", queue: "RenderQueue", cache: "PictureCache", se
         if waiting is not None:
             return waiting
         entries = task.result["layers"].get(row.name, {}).get(str(channel), [])
+        classes = sections.start_seen_as(row.name, channel, [entry["path"] for entry in entries])
+        waiting = _pending_or_failed(classes, "the classes of the dataset examples")
+        if waiting is not None:
+            return waiting
         base = f"/examples/{pages.quote(row.name, safe='')}/{channel}"
         urls = [(f"{base}/{rank}.png", f"{base}/{rank}-full.png") for rank in range(len(entries))]
-        return _html(pages.examples_fragment(row.name, entries, urls))
+        return _html(pages.examples_fragment(row.name, entries, urls, classes.result))
 
     def example_image(request: Request) -> Response:
         row, channel = info.unit(request.path_params["name"], request.path_params["channel"])

@@ -217,8 +217,10 @@ def rf_svg(info: ModelInfo, row: Row) -> Markup:
     return tag("div", svg, tag("p", text, class_="muted"), class_="rf")
 
 
-def unit_page(info: ModelInfo, row: Row, channel: int, pictures: dict[str, Picture], photos: int) -> str:
-    """``photos``: the size of the --images collection (0: none)."""
+def unit_page(info: ModelInfo, row: Row, channel: int, pictures: dict[str, Picture], photos: int,
+              loads: dict | None = None) -> str:
+    """``photos``: the size of the --images collection (0: none); ``loads``: the unit's other side in an attached
+    dictionary (`featvis.explain.describe.loads_of`)."""
     name = f"{row.name}:{channel}"
     sections = []
     for kind, title in (("positive", "Feature visualization"), ("negative", "Negative"), ("diversity", "Diversity")):
@@ -238,6 +240,8 @@ def unit_page(info: ModelInfo, row: Row, channel: int, pictures: dict[str, Pictu
             links.append(tag("a", f"{other}:{channel}", href=unit_href(other, channel)))
     sections += [tag("h2", "Neighbours"), tag("p", [join(" · " if i else None, link) for i, link in enumerate(links)],
                                               id="neighbours")]
+    if loads is not None:
+        sections += [tag("h2", "Dictionary"), dictionary_links(loads)]
     sections += [tag("h2", "Dataset examples")]
     if photos:
         sections.append(pending_fragment(f"/fragment/examples/{quote(row.name, safe='')}/{channel}",
@@ -259,14 +263,31 @@ def pending_fragment(url: str, what: str) -> Markup:
                class_="muted", data_fragment=url)
 
 
-def examples_fragment(layer: str, entries: list[dict], urls: list[tuple[str, str | None]]) -> str:
+def dictionary_links(loads: dict) -> Markup:
+    """A neuron's features (its polysemanticity count), or a feature's neurons, as links to their pages."""
+    if "features" in loads:
+        text = (f"{loads['polysemanticity']} features of the dictionary load on this neuron (its count of meanings; "
+                "a feature loads where its unit direction weighs at least 0.3):")
+        units = [(loads["layer"], f) for f in loads["features"]]
+    else:
+        text = f"This is a feature of a sparse dictionary of {loads['layer']}. It loads on these neurons, strongest first:"
+        units = [(loads["layer"], c) for c in loads["neurons"]]
+    links = [tag("a", f"{layer}:{unit}", href=unit_href(layer, unit)) for layer, unit in units]
+    return tag("div", tag("p", text, class_="muted"),
+               tag("p", [join(" · " if i else None, link) for i, link in enumerate(links)] or "none"), id="dictionary")
+
+
+def examples_fragment(layer: str, entries: list[dict], urls: list[tuple[str, str | None]], classes: list[dict] = ()) -> str:
+    """The unit's top photos, and the classes the model predicts for them (``classes``: `seen_as`)."""
     if not entries:
         return tag("p", "no photo made this unit fire", class_="muted")
     cards = [tag("div", tag("a", tag("img", src=crop, alt=f"{entry.get('path', '')}"), href=full or crop),
                  tag("div", f"{entry['activation']:.3g}"), tag("div", str(entry.get("path", "")).rsplit("/", 1)[-1],
                                                               class_="muted"), class_="card")
              for entry, (crop, full) in zip(entries, urls)]
-    return tag("div", cards, class_="grid strip examples")
+    seen = ", ".join(f"{c['label']} ({c['count']}/{len(entries)})" for c in classes)
+    return join(tag("div", cards, class_="grid strip examples"),
+                tag("p", f"The model classifies these photos as: {seen}." if seen else "", class_="muted", id="seen-as"))
 
 
 def promotes_fragment(classes: list[dict], photos: bool) -> str:

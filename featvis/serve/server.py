@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
 from ..examples.source import list_images
-from ..explain.promotes import promoted_classes
+from ..explain.describe import seen_as
+from ..explain.promotes import PHOTOS, promoted_classes
 from ..core.images import load_image, save_image
 from ..models.wrapper import FeatvisModel
 from ..optvis.settings import RenderSettings
@@ -29,7 +30,6 @@ from .state import DIVERSITY, DROP_AFTER
 from .units import ModelInfo
 
 DEFAULT_UPLOAD_MB = 20
-PROMOTE_PHOTOS = 8  # photos of --images a unit's promoted classes are averaged over
 EXPLAIN_ICON_PX = 64
 
 
@@ -80,11 +80,18 @@ class Sections:
         """The classes a unit promotes (featvis.explain.promotes): over the first photos of --images, else
         through the linearized network."""
         def work(task: Task) -> list[dict]:
-            photos = [load_image(p) for p in list_images(self.images)[:PROMOTE_PHOTOS]] if self.images else None
+            photos = [load_image(p) for p in list_images(self.images)[:PHOTOS]] if self.images else None
             return [{"index": i, "label": label, "value": value}
                     for i, label, value in promoted_classes(self.aux, layer, channel, photos=photos)]
 
         return self.tasks.start(("promotes", layer, channel), work, retry=retry)
+
+    def start_seen_as(self, layer: str, channel: int, paths: Sequence[str]) -> Task:
+        """The classes the model predicts for a unit's top dataset examples ``paths`` (featvis.explain.describe)."""
+        def work(task: Task) -> list[dict]:
+            return [{"index": i, "label": label, "count": count} for i, label, count in seen_as(self.aux, paths)]
+
+        return self.tasks.start(("seen_as", layer, channel), work)
 
     def start_erf(self, layer: str, retry: bool = False) -> Task:
         def work(task: Task) -> dict:

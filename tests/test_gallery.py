@@ -232,6 +232,29 @@ def test_patches_are_receptive_fields_of_the_strongest_units(gallery, photos):
                 assert np.array_equal(np.asarray(Image.open(out / patch["image"]).convert("RGB")), crop)
 
 
+def test_descriptions_are_the_summed_logit_gradients_and_the_classes_of_the_patches(gallery, photos):
+    """Each channel page says which classes the channel promotes (autograd over the readable photos) and what the
+    model classifies its patches' photos as."""
+    out, _ = gallery
+    model = tiny_cnn()
+    images = torch.cat([model.prepare(featvis.load_image(p)) for p in sorted(photos.glob("*.png"))])
+    acts = featvis.capture(model, images, ["conv2"])["conv2"].requires_grad_()
+    logits = model.net.fc(model.net.flat(model.net.pool(model.net.relu2(acts))))
+    rises = torch.stack([torch.autograd.grad(logits[:, j].sum(), acts, retain_graph=True)[0].sum((2, 3)).mean(0)
+                         for j in range(4)])  # [classes, channels]
+    for c in range(3):
+        description = channel_json(out, "conv2", c)["description"]
+        promoted = [entry["index"] for entry in description["promotes"]]
+        assert promoted == rises[:, c].argsort(descending=True).tolist()
+        assert description["promotes"][0]["value"] == pytest.approx(float(rises[:, c].max()), rel=1e-4, abs=1e-6)
+        classes = [model.classify([featvis.load_image(photos / p["photo"])], top=1)[0][0][0]
+                   for p in channel_json(out, "conv2", c)["patches"]]
+        assert sum(entry["count"] for entry in description["seen_as"]) == len(classes) == 2
+        assert {entry["index"] for entry in description["seen_as"]} == set(classes)
+        page = (out / "layers" / "conv2" / f"{c}.html").read_text()
+        assert 'id="description"' in page and "promotes" in page
+
+
 def test_filters_are_the_first_layer_kernels_on_rgb(gallery):
     """conv1 reads (x - mean) / std, so its kernels on RGB [0, 1] are W / std per input channel."""
     out, _ = gallery
@@ -262,7 +285,8 @@ def test_rerun_redoes_nothing(gallery, photos, tmp_path, capsys, monkeypatch):
                               "--json", *FAST)
     assert code == 0
     report = json.loads(stdout)
-    assert report["made"] == 0 and report["skipped"] == 1 + 2 * 3 * 4  # filters + (positive, negative, diversity, patches)
+    # filters + (positive, negative, diversity, patches, description) per channel
+    assert report["made"] == 0 and report["skipped"] == 1 + 2 * 3 * 5
     assert snapshot(out) == before  # not one file rewritten, pages included
 
 
@@ -360,7 +384,7 @@ def test_killed_and_interrupted_runs_resume_to_the_same_gallery(reference, tmp_p
     process.kill()
     process.wait()
     done = records(out)
-    assert len(done) < 7, "the run finished before it could be interrupted"
+    assert len(done) < 13, "the run finished before it could be interrupted"
     check_links(out)  # what is there is consistent
     mtimes = {rel: (out / rel).stat().st_mtime_ns for record in done.values() for rel in record["files"]}
     # 2. Ctrl-C in the middle of a later channel: nothing half-optimised may be recorded
@@ -376,7 +400,7 @@ def test_killed_and_interrupted_runs_resume_to_the_same_gallery(reference, tmp_p
     # 3. the rerun completes; what was done is not done again
     code, _, err = finish(featvis_process(*argv, "--json"))
     assert code == 0, err
-    assert len(records(out)) == 7
+    assert len(records(out)) == 1 + 6 * 2  # filters, and a picture and a description per channel
     assert all((out / rel).stat().st_mtime_ns == mtime for rel, mtime in mtimes.items())
     same_images(out, reference)
     check_links(out)
@@ -396,7 +420,8 @@ def test_two_shards_in_two_processes_merge_into_one_gallery(reference, tmp_path)
     shard_records = [{(r["layer"], r["channel"], r["kind"]) for r in json.loads((out / "manifests" / name).read_text())["records"]}
                      for name in ("shard-0-of-2.json", "shard-1-of-2.json")]
     assert not shard_records[0] & shard_records[1]  # each item made once
-    assert shard_records[0] | shard_records[1] == {("conv2", c, "positive") for c in range(6)} | {("conv1", None, "filters")}
+    assert shard_records[0] | shard_records[1] == {("conv2", c, kind) for c in range(6) for kind in ("positive", "description")} \
+        | {("conv1", None, "filters")}
     assert {c for _, c, _ in shard_records[1]} == {1, 3, 5}  # every other unit
     same_images(out, reference)
     assert "6 of 6" in "".join(parse_page(out / "index.html").text)
@@ -480,13 +505,13 @@ def test_failure_midway_leaves_a_consistent_manifest(tmp_path, capsys):
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "cannot create folder" in err and "conv2" in err
     done = records(out)
-    assert set(done) == {("conv1", None, "filters"), ("conv1", 0, "positive"), ("conv1", 1, "positive")}
+    assert set(done) == {("conv1", None, "filters"), *(("conv1", c, kind) for c in (0, 1) for kind in ("positive", "description"))}
     for record in done.values():
         assert all(featvis.gallery.manifest.sha256_file(out / rel) == sha for rel, sha in record["files"].items())
     check_links(out)
     (out / "layers" / "conv2").unlink()
     code, stdout, _ = run_cli(capsys, *argv)
-    assert code == 0 and json.loads(stdout)["made"] == 2 and json.loads(stdout)["skipped"] == 3
+    assert code == 0 and json.loads(stdout)["made"] == 4 and json.loads(stdout)["skipped"] == 5
 
 
 # --- planning -------------------------------------------------------------------------------------

@@ -345,7 +345,7 @@ def test_a_static_gallery_and_the_serve_cache_share_one_folder(project):
     the same folder skips it, keeps its file and shows it in the site."""
     shared = project / "shared"
     first = gallery(project, shared, "conv2")
-    assert (first["made"], first["skipped"]) == (4, 0)
+    assert (first["made"], first["skipped"]) == (6, 0)  # 2 channels: positive, negative, description
     made = {p.name: p.read_bytes() for p in (shared / "layers" / "conv2" / "img").glob("*.png")}
     assert sorted(name.split("-")[1] for name in made) == ["negative", "negative", "positive", "positive"]
     serve = Serve(project, shared)
@@ -366,7 +366,8 @@ def test_a_static_gallery_and_the_serve_cache_share_one_folder(project):
         serve.stop()
     stamps = {rel: (shared / rel).stat().st_mtime_ns for rel in rendered}
     second = gallery(project, shared, "conv2,conv3")
-    assert (second["made"], second["skipped"]) == (2, 6)  # only conv3:0; conv2 from itself, conv3:1 from the server
+    # made: conv3:0's pictures and both descriptions of conv3; skipped: conv2 from itself, conv3:1's pictures from the server
+    assert (second["made"], second["skipped"]) == (4, 8)
     site = (shared / "index.html").read_text(encoding="utf-8") + "".join(
         p.read_text(encoding="utf-8") for p in shared.rglob("*.html"))
     for rel, data in rendered.items():

@@ -26,7 +26,7 @@ from .._util.errors import FeatvisError
 from ..core.images import load_image
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model
-from .promotes import PHOTOS, promoted_classes
+from .promotes import first_photos, promoted_classes
 
 EXAMPLES = 9  # top dataset examples whose predicted classes are counted
 
@@ -71,7 +71,7 @@ def describe(model: nn.Module, units: Sequence[str], images: str | os.PathLike |
     fmodel = as_model(model)
     parsed = [parse_unit(fmodel, unit) for unit in units]
     paths = list_images(images) if images is not None else []
-    photos = [load_image(path) for path in paths[:PHOTOS]] or None
+    photos = first_photos(images)
     descriptions = [Description(unit.strip(), promoted_classes(fmodel, layer, channel, photos, top=top), loads=loads_of(fmodel, layer, channel))
                     for unit, (layer, channel) in zip(units, parsed)]
     if paths:
@@ -110,6 +110,13 @@ def seen_as(model: FeatvisModel, paths: Sequence[str], predicted: dict[str, int]
     return [(i, model.label(i), n) for i, n in counts.most_common(top)]
 
 
+@torch.no_grad()
+def class_scores(model: FeatvisModel) -> bool:
+    """Whether the model's output is class scores [N, classes] (what a description is in terms of)."""
+    x = torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device)
+    return model(x).dim() == 2
+
+
 def loads_of(model: FeatvisModel, layer: str, channel: int) -> dict | None:
     """For a neuron of a layer with an attached dictionary: the features that load on it and their count; for a
     feature: the neurons it loads on (strongest first). None where no dictionary is attached there."""
@@ -129,4 +136,4 @@ def loads_of(model: FeatvisModel, layer: str, channel: int) -> dict | None:
     return None
 
 
-__all__ = ["Description", "describe", "loads_of", "predictions", "seen_as"]
+__all__ = ["Description", "class_scores", "describe", "loads_of", "predictions", "seen_as"]

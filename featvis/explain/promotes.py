@@ -29,6 +29,25 @@ CHUNK = 8
 PHOTOS = 8
 
 
+def first_photos(source) -> list[torch.Tensor] | None:
+    """The first `PHOTOS` readable photos of a collection (a folder or a list file; unreadable ones are passed
+    over), what the promoted classes are averaged over; None without a collection."""
+    if source is None:
+        return None
+    from ..core.images import load_image
+    from ..examples.source import list_images
+
+    photos = []
+    for path in list_images(source):
+        try:
+            photos.append(load_image(path))
+        except FeatvisError:
+            continue
+        if len(photos) == PHOTOS:
+            break
+    return photos or None
+
+
 @analysis
 def promoted_classes(model: nn.Module, layer: str, channel: int, photos: Sequence[torch.Tensor] | None = None,
                      top: int = 5) -> list[tuple[int, str, float]]:

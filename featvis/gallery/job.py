@@ -29,6 +29,8 @@ from ..core.images import load_image, save_image
 from ..core.plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
 from ..core.probe import capture
 from ..examples import ExamplesResult, photo_examples
+from ..explain.describe import Description, class_scores, loads_of, seen_as
+from ..explain.promotes import first_photos, promoted_classes
 from ..inspect.filters import filter_images
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
@@ -91,14 +93,15 @@ class GalleryJob:
 
     def __init__(self, model: FeatvisModel, root: Path, units: list[Unit], shard: tuple[int, int], pictures: RenderSettings,
                  batch: int, examples: ExamplesResult | None, patches: int, negative: bool, diversity: int,
-                 filters: bool, progress: bool, circuits: CircuitPlanner | None = None):
+                 filters: bool, progress: bool, circuits: CircuitPlanner | None = None,
+                 descriptions: Descriptions | None = None):
         self.model, self.root, self.units, self.shard = model, root, units, shard
         self.pictures = pictures
         # what an image depends on (featvis.optvis.picture_key); not the batch: each image has its own random draws
         self.settings = picture_key(pictures, model, model_fingerprint(model))
         self.batch, self.examples, self.patches = batch, examples, patches
         self.negative, self.diversity, self.filters, self.progress = negative, diversity, filters, progress
-        self.circuits = circuits
+        self.circuits, self.descriptions = circuits, descriptions
         self.log = stderr_lines(progress)
         self.meta = {"name": model.name, "fingerprint": self.settings["model"]}
         manifests = mf.read_manifests(root)
@@ -147,7 +150,8 @@ class GalleryJob:
             self.commit(self.make_filters())
         for number, unit in enumerate(self.units, 1):
             began = time.perf_counter()
-            records = self.make_renders(unit) + self.make_diversity(unit) + self.make_patches(unit) + self.make_circuits(unit)
+            records = (self.make_renders(unit) + self.make_diversity(unit) + self.make_patches(unit) + self.make_circuits(unit)
+                       + self.make_descriptions(unit))
             self.commit(records)
             channels = f"channels {unit.channels[0]}..{unit.channels[-1]}" if len(unit.channels) > 1 else f"channel {unit.channels[0]}"
             what = f"{len(records)} items made" if records else "already done"
@@ -273,6 +277,37 @@ class GalleryJob:
                 records.append(self.record(unit.layer, c, "circuits", settings, {}, self.circuits.connections(unit.layer, c)))
         return records
 
+    def make_descriptions(self, unit: Unit) -> list[Record]:
+        """Each channel in the model's words (featvis.explain.describe): the classes it promotes, and the classes
+        the model sees in its top photos (the patches' photos)."""
+        if self.descriptions is None:
+            return []
+        examples = self.examples.summary if self.examples is not None else None
+        records = []
+        for c in unit.channels:
+            if examples is None and (unit.layer.path, c, "description") in self.done:
+                self.report.skipped += 1  # a run without --images keeps the description made from photos, as the patches
+                continue
+            settings = mf.item_key({"model": self.settings["model"]}, unit.layer.path, c, "description",
+                                   photos=examples["photos_digest"] if examples else None)
+            if self.todo(unit.layer, c, "description", settings):
+                paths = [e["path"] for e in examples["layers"][unit.layer.name][str(c)]] if examples else []
+                records.append(self.record(unit.layer, c, "description", settings, {},
+                                           self.descriptions.of(unit.layer.name, c, paths).to_dict()))
+        return records
+
+
+@dataclass
+class Descriptions:
+    """What the channel pages' descriptions are made from: the model and the first photos of the collection."""
+
+    model: FeatvisModel
+    photos: list[torch.Tensor] | None
+
+    def of(self, layer: str, channel: int, paths: Sequence[str]) -> Description:
+        return Description(f"{layer}:{channel}", promoted_classes(self.model, layer, channel, self.photos),
+                           seen_as(self.model, paths) if paths else [], len(paths), loads_of(self.model, layer, channel))
+
 
 @torch.no_grad()
 def channel_values(model: FeatvisModel, layer: str, c: int, images: torch.Tensor, size: int) -> list[float]:
@@ -341,8 +376,9 @@ def make_gallery(
         examples = photo_examples(fmodel, images, root / "examples" / f"{index}-of-{count}", mine, int(patches),
                                   progress) if mine else None
     planner = CircuitPlanner(fmodel, chosen, int(circuits), stderr_lines(progress)) if circuits else None
+    descriptions = Descriptions(fmodel, first_photos(images)) if class_scores(fmodel) else None
     job = GalleryJob(fmodel, root, units, (index, count), settings, batch, examples, int(patches), negative,
-                     int(diversity), filters, progress, planner)
+                     int(diversity), filters, progress, planner, descriptions)
     return job.run()
 
 

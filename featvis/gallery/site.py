@@ -145,6 +145,7 @@ class Site:
         data["patches"] = kinds["patches"].result["patches"] if "patches" in kinds else []
         data["photos"] = kinds["patches"].result["photos"] if "patches" in kinds else None
         data["circuits"] = kinds["circuits"].result if "circuits" in kinds else None
+        data["description"] = kinds["description"].result if "description" in kinds else None
         return data
 
     def _page(self, page: str, title: str, crumbs: Iterable[tuple[str, str]], here: str, *body) -> str:
@@ -231,6 +232,8 @@ class Site:
         if data["negative"]:
             rows.append(("negative: objective reached", _number(data["negative"]["activation"])))
         sections.append(tag("table", [tag("tr", tag("th", k), tag("td", v)) for k, v in rows]))
+        if data.get("description"):
+            sections += [tag("h2", "In the model's words"), tag("p", data["description"]["description"], id="description")]
         sections.append(tag("p", tag("a", "this channel as JSON", href=self.link(page, self.channel_page(info, channel, "json")))))
         if data["diversity"]:
             div = data["diversity"]

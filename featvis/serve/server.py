@@ -15,7 +15,7 @@ from .._util.errors import FeatvisError
 from .._util.fileio import atomic_write_text, ensure_writable_dir
 from ..examples.source import list_images
 from ..explain.describe import seen_as
-from ..explain.promotes import PHOTOS, promoted_classes
+from ..explain.promotes import first_photos, promoted_classes
 from ..core.images import load_image, save_image
 from ..models.wrapper import FeatvisModel
 from ..optvis.settings import RenderSettings
@@ -80,7 +80,7 @@ class Sections:
         """The classes a unit promotes (featvis.explain.promotes): over the first photos of --images, else
         through the linearized network."""
         def work(task: Task) -> list[dict]:
-            photos = [load_image(p) for p in list_images(self.images)[:PHOTOS]] if self.images else None
+            photos = first_photos(self.images)
             return [{"index": i, "label": label, "value": value}
                     for i, label, value in promoted_classes(self.aux, layer, channel, photos=photos)]
 

@@ -192,3 +192,27 @@ def test_real_googlenet_mixed4c_dictionary_reconstructs_and_keeps_the_prediction
     assert acts["mixed4c_features"].shape == (1, 512, 14, 14)
     assert torch.allclose(acts["mixed4c_features"], _by_hand(dictionary, acts["mixed4c"]), atol=1e-3)
     assert torch.equal(attached(x), inceptionv1(x))
+
+
+def test_a_dictionary_of_one_call_of_a_shared_activation(tmp_path):
+    """``act#2_features`` on a net whose one ReLU module runs three times: the features of the second call, checked
+    against the same net written with one module per call."""
+    from featvis.examples import sample_collection
+    from test_shared_modules import _pair
+
+    shared, unshared = _pair()
+    sample_collection(tmp_path / "photos", 12, size=32, seed=2)
+    dictionary = train_dictionary(shared, tmp_path / "photos", "act#2", features=10, k=2, samples=12 * 49, steps=60,
+                                  batch=128, workers=0, progress=False)
+    attached = attach_dictionary(shared, dictionary)
+    assert "act#2_features" in attached.aliases and "act#2_features_pre_relu" in attached.aliases
+    x = torch.rand(2, 3, 32, 32)
+    features = featvis.capture(attached, x, ["act#2_features"])["act#2_features"]
+    assert torch.allclose(features, _by_hand(dictionary, featvis.capture(unshared, x, ["act2"])["act2"]), atol=1e-5)
+    assert torch.equal(attached(x), shared(x))
+    result, = featvis.render(attached, "act#2_features:1", steps=4, size=32, progress=False)
+    assert result.activation == pytest.approx(float(featvis.capture(attached, result.image[None], ["act#2_features"])
+                                                    ["act#2_features"][0, 1].mean()), rel=1e-4, abs=1e-6)
+    out = featvis.expanded_weights(attached, "act#2_features", "conv3")  # [6, 10, 3, 3]
+    by_hand = torch.einsum("tchw,nc->tnhw", unshared.net.conv3.weight.double(), dictionary.decoder.double())
+    assert torch.allclose(out, by_hand, atol=1e-9)

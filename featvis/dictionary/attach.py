@@ -53,7 +53,7 @@ def attach_dictionary(model: nn.Module, dictionary: Dictionary | str | os.PathLi
     except Exception as exc:  # noqa: BLE001 - a module that cannot be copied
         raise FeatvisError(f"cannot attach a dictionary to {fmodel.name}: its modules cannot be copied ({exc})") from None
     path, call = split_call(site)
-    layer = AttachedFeatures(dictionary, call).to(fmodel.mean.device)
+    layer = AttachedFeatures(dictionary, call).to(fmodel.mean.device).eval()
     key = module_key(name)
     if key in dict(net.named_children()):
         raise FeatvisError(f"{fmodel.name} has a module named {key} already; cannot attach the dictionary's layer there")
@@ -69,7 +69,7 @@ def attach_dictionary(model: nn.Module, dictionary: Dictionary | str | os.PathLi
                             aliases=aliases, concats=fmodel.concats, preprocess=fmodel.preprocess,
                             grayscale=fmodel.grayscale).to(fmodel.mean.device)
     attached.dictionaries = {**fmodel.dictionaries, name: dictionary}
-    attached.train(fmodel.training)
+    attached.training = fmodel.training  # the wrapper's own flag; every module of the copy keeps its mode
     return attached
 
 

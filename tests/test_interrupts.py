@@ -142,13 +142,31 @@ def test_ctrl_c_during_an_atlas_keeps_the_earlier_atlas(project):
     assert sorted(p.name for p in project.iterdir() if p.name.startswith("atlas")) == ["atlas.png"]
 
 
+def test_ctrl_c_while_training_a_dictionary_keeps_the_earlier_one(project):
+    (project / "photos").mkdir()
+    for i in range(48):
+        Image.fromarray((np.random.default_rng(i).random((32, 32, 3)) * 255).astype(np.uint8)).save(project / "photos" / f"{i}.png")
+    earlier = project / "dictionary"
+    earlier.mkdir()
+    for name in ("dictionary.pt", "dictionary.json"):
+        (earlier / name).write_bytes(b"an earlier dictionary")
+    code, err = _interrupted(project, "dictionary", "nets.py:marked", "--images", "photos", "--layer", "relu",
+                             "--features", "12", "--k", "2", "--samples", "3000", "--steps", "10000000", "--workers", "0",
+                             "--image-batch", "1", "--input-size", "32", "--out", "dictionary")
+    assert code == 130, err
+    assert err == "featvis: interrupted\n"
+    assert all((earlier / name).read_bytes() == b"an earlier dictionary" for name in ("dictionary.pt", "dictionary.json"))
+    assert {p.name for p in earlier.iterdir()} <= {"dictionary.pt", "dictionary.json", ".samples-0of1.ckpt"}  # resumable
+
+
 @pytest.mark.parametrize("argv, output", [
     (["maps", "nets.py:marked", "relu", "photo.png", "--input-size", "32", "-o", "maps.png"], "maps.png"),
     (["filters", "nets.py:marked", "conv", "-o", "filters.png"], "filters.png"),
     (["layers", "nets.py:marked", "--input-size", "32"], None),
     (["classify", "nets.py:marked", "photo.png", "--input-size", "32"], None),
     (["rf", "nets.py:marked", "relu", "--input-size", "32"], None),
-], ids=["maps", "filters", "layers", "classify", "rf"])
+    (["describe", "nets.py:marked", "relu:1", "--input-size", "32"], None),
+], ids=["maps", "filters", "layers", "classify", "rf", "describe"])
 def test_ctrl_c_while_a_quick_command_loads_its_model(project, argv, output):
     """Commands whose model work is one pass or none, interrupted while the user's factory runs."""
     if output:

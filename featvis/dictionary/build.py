@@ -38,6 +38,7 @@ METHODS = ("topk", "nmf")
 MAX_SAMPLES = 10_000_000
 MIN_SAMPLES = 64
 EVAL_IMAGES = 64  # held-out photos the model-loss metrics run on
+EVAL_BATCH = 8  # photos per model-loss pass (three full forward passes each: memory does not grow with --image-batch)
 HOLD_OUT = 10  # every 10th image (from the 10th) is held out of training, for the metrics
 CHECKPOINT = ".samples-{rank}of{world}.ckpt"
 
@@ -97,7 +98,7 @@ def train_dictionary(
                            "samples": len(vectors), "held_out": int(heldout_rows.sum()), "images": read, "seed": seed,
                            "steps": settings.steps, "batch": settings.batch, "lr": settings.lr, "processes": world,
                            **reconstruction(dictionary, vectors[heldout_rows], x),
-                           **model_loss(fmodel, dictionary, site, evaluation_photos(paths), batch=image_batch,
+                           **model_loss(fmodel, dictionary, site, evaluation_photos(paths), batch=EVAL_BATCH,
                                         workers=workers)}
         if root is not None and rank == 0:
             dictionary.save(root)

@@ -14,7 +14,6 @@ settings, metrics and the SHA-256 of the tensors' file, checked on every load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._util.errors import FeatvisError
 from .._util.fileio import atomic_output, atomic_write_text, ensure_writable_dir
+from ..models.weights import sha256_of
 from ..receptive_field.rules import POINTWISE, register_rule
 
 FORMAT = "featvis-dictionary/1"
@@ -159,17 +158,9 @@ class Dictionary:
         with atomic_output(root / WEIGHTS) as tmp:
             torch.save({name: getattr(self, name).detach().float().cpu().contiguous() for name in TENSORS}, tmp)
         settings = {"format": FORMAT, "layer": self.layer, "features": self.features, "channels": self.channels,
-                    "k": self.k, "method": self.method, "sha256": _sha256(root / WEIGHTS), "info": self.info}
+                    "k": self.k, "method": self.method, "sha256": sha256_of(root / WEIGHTS), "info": self.info}
         atomic_write_text(root / SETTINGS, json.dumps(settings, indent=1) + "\n")
         return root
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_dictionary(path: str | os.PathLike) -> Dictionary:
@@ -189,7 +180,7 @@ def load_dictionary(path: str | os.PathLike) -> Dictionary:
     if not (1 <= n and 1 <= c and n * c <= MAX_NUMBERS):
         raise FeatvisError(f"--dictionary {root}: {n} features x {c} channels is beyond {MAX_NUMBERS} numbers")
     weights = root / WEIGHTS
-    if not weights.is_file() or _sha256(weights) != expected:
+    if not weights.is_file() or sha256_of(weights) != expected:
         raise FeatvisError(f"--dictionary {root}: {WEIGHTS} is missing or does not match the SHA-256 in {SETTINGS} "
                            "(damaged or changed); train it again")
     try:
@@ -202,16 +193,6 @@ def load_dictionary(path: str | os.PathLike) -> Dictionary:
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
         raise FeatvisError(f"--dictionary {root}: its tensors hold NaN or infinite values; train it again")
     return Dictionary(layer, k=k, method=str(settings.get("method", "topk")), info=dict(settings.get("info") or {}), **tensors)
-
-
-def unit_rows(matrix: torch.Tensor) -> torch.Tensor:
-    """``matrix`` with every row scaled to unit norm (a zero row stays zero)."""
-    return matrix / matrix.norm(dim=1, keepdim=True).clamp(min=1e-12)
-
-
-def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[len(a), len(b)] cosine similarities of the rows of ``a`` and ``b``."""
-    return F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T
 
 
 def default_features(channels: int) -> int:

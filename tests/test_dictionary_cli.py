@@ -53,6 +53,8 @@ def test_json_reports_the_fields_and_the_folder_loads(trained):
     assert {"layer", "features", "k", "samples", "fvu", "l0", "dead", "loss_recovered", "agreement", "out"} <= set(report)
     assert (report["layer"], report["features"], report["k"], report["samples"], report["out"]) == ("mix", 64, 2, 5120, str(out))
     assert 0 <= report["fvu"] < 0.2 and report["l0"] <= 2 and 0 < report["loss_recovered"] <= 1
+    counts = (load_dictionary(out).decoder.abs() >= 0.3).sum(0).tolist()  # features loading on each neuron
+    assert report["polysemanticity"] == counts and len(counts) == 16
     dictionary = load_dictionary(out)
     assert dictionary.info["fvu"] == report["fvu"] and dictionary.name == "mix_features"
     assert not list(out.glob(".samples*")), "the sampling checkpoint is removed once the dictionary is written"
@@ -64,10 +66,16 @@ def test_every_command_takes_the_features_as_a_layer(trained, photos, tmp_path, 
     assert code == 0, err
     names = [row["name"] for row in json.loads(text)]
     assert names.index("mix_features") == names.index("mix") + 1  # after the block that holds it
-    code, text, err = run_cli(capsys, "render", MODEL, "mix_features:3", "--dictionary", str(out), "--steps", "8",
-                              "--size", "32", "-o", str(tmp_path / "f.png"), "--json", "--quiet")
+    code, text, err = run_cli(capsys, "render", MODEL, "mix_features:3", "mix_features:3@4,4", "-mix_features_pre_relu:3",
+                              "--dictionary", str(out), "--steps", "8", "--size", "32", "--out-dir", str(tmp_path / "r"),
+                              "--json", "--quiet")
     assert code == 0, err
-    assert (tmp_path / "f.png").exists()
+    assert len(list((tmp_path / "r").glob("*.png"))) == 3
+    code, text, err = run_cli(capsys, "gallery", MODEL, "--layers", "mix_features", "--channels", "0:2", "--diversity", "2",
+                              "--dictionary", str(out), "--steps", "4", "--size", "32", "-o", str(tmp_path / "g"),
+                              "--json", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "g" / "layers" / "mix_features" / "1.html").exists()
     code, text, err = run_cli(capsys, "examples", MODEL, "--images", str(photos), "--layers", "mix_features",
                               "--channels", "0:4", "--k", "3", "--out", str(tmp_path / "ex"), "--workers", "0",
                               "--dictionary", str(out), "--json", "--quiet")

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {"layer": dictionary.layer, "features": dictionary.features, "k": dictionary.k, "samples": info["samples"],
                "fvu": info["fvu"], "l0": info["l0"], "dead": info["dead"], "loss_recovered": info["loss_recovered"],
                "agreement": info["agreement"], "out": out, "name": dictionary.name, "method": dictionary.method,
-               "images": info["images"], "processes": info["processes"]}
+               "images": info["images"], "processes": info["processes"],
+               "polysemanticity": dictionary.polysemanticity().tolist()}
     if args.json:
         print_json(summary)
         return 0

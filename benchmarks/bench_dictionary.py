@@ -71,7 +71,8 @@ def two_processes(folder: Path, layer: str, out: Path, train: list[str]) -> dict
                    "--layer", layer, *train, "--out", str(out / name), "--quiet", "--json"]
         subprocess.run(command, env=env, check=True, capture_output=True)
     one, two = load_dictionary(out / "one"), load_dictionary(out / "two")
-    return {name: float((getattr(one, name) - getattr(two, name)).abs().max()) for name in ("encoder", "decoder")}
+    return {**{name: float((getattr(one, name) - getattr(two, name)).abs().max()) for name in ("encoder", "decoder")},
+            "cosine": float(torch.nn.functional.cosine_similarity(one.decoder, two.decoder).min())}
 
 
 def route_overlap(model: featvis.FeatvisModel, folder: Path, layer: str, channels: int, units: int) -> float:
@@ -129,7 +130,8 @@ def main() -> None:
         train = ["--features", "256", "--k", "8", "--samples", str(small * 49), "--steps", "200", "--workers", "0"]
         difference = two_processes(folders[small], args.layer, Path(tmp), train)
     print(f"torchrun, 2 processes against 1 ({' '.join(train)}): largest difference encoder "
-          f"{difference['encoder']:.2e}, decoder {difference['decoder']:.2e}")
+          f"{difference['encoder']:.2e}, decoder {difference['decoder']:.2e}; the least cosine of a feature's two "
+          f"directions {difference['cosine']:.6f}")
     units = 16 if args.quick else 64
     for layer, channels in (("mixed5b", 1024), ("mixed4d", 528)):
         print(f"promoted classes of {units} {layer} units, photos route (8 photos) against the linearized route: "

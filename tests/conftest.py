@@ -6,6 +6,7 @@ as laid out in the README); without it they skip with that reason.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ import featvis
 from featvis.models.weights import WEIGHTS_ENV
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The Ctrl-C tests send real SIGINTs to featvis processes. A suite started as a background job (`cmd &` in a
+# script) inherits SIGINT ignored, and so would every process it starts: give them Python's own handler back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _weights_root() -> Path | None:

@@ -24,6 +24,7 @@ LAYERS = {
     "models": 1,
     "core": 2,
     "reference": 3, "receptive_field": 3, "inspect": 3, "saliency": 3, "optvis": 3, "examples": 3, "circuits": 3, "explain": 3,
+    "dictionary": 3,
     "gallery": 4, "serve": 4,
     "cli": 5, "__main__": 5,
 }

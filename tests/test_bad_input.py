@@ -111,6 +111,9 @@ CASES = [
     (["examples", "nets.py:marked", "--images", "photos", "--layers", "conv", "-o", "examples"], {}, "no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp, .ppm) in photos"),
     (["atlas", "nets.py:marked", "--images", "photos", "--layer", "conv", "-o", "keep.png"], {}, "no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp, .ppm) in photos"),
     (["serve", "nets.py:marked", "--port", "99999"], {}, "a port is 0..65535, got 99999"),
+    (["dictionary", "nets.py:marked", "--images", "photos", "--layer", "conv", "-o", "keepdir"], {}, "no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp, .ppm) in photos"),
+    (["describe", "nets.py:marked", "conv:99"], {}, "channel 99 is out of range for layer 'conv'"),
+    (["render", "nets.py:marked", "conv:0", "--dictionary", "nowhere", "-o", "keep.png"], {}, "--dictionary nowhere: no dictionary.json there"),
 ]
 
 

@@ -168,6 +168,10 @@ def test_serve_has_feature_pages_linked_to_their_neurons(trained, photos, tmp_pa
         model = planted_model()
         predicted = Counter(model.classify([featvis.load_image(photos / name)], top=1)[0][0][1] for name in names)
         assert len(names) == 9 and all(f"{label} ({n}/9)" in examples for label, n in predicted.items())
+        # circuits: a feature reads its layer and feeds what its layer feeds; the layer's own neighbours stay the network's
+        assert "Strongest inputs from mix<" in fragment(serve, "/fragment/circuits/mix_features/3")
+        assert "Strongest outputs to head<" in fragment(serve, "/fragment/circuits/mix_features/3")
+        assert "Strongest outputs to head<" in fragment(serve, "/fragment/circuits/mix/5")
         keys = serve.keys("/layer/mix_features/3")
         serve.wait(keys[0], timeout=120)
     finally:

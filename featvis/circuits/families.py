@@ -46,14 +46,19 @@ class WeightSimilarity:
 
 def previous_layer(model: FeatvisModel, layer: str) -> str:
     """The module that runs just before ``layer`` at its level of nesting (its previous sibling,
-    else its parent's): ``inception3b`` -> ``inception3a``, ``layer2.0`` -> ``layer1``."""
+    else its parent's): ``inception3b`` -> ``inception3a``, ``layer2.0`` -> ``layer1``. A dictionary's
+    features (`featvis.attach_dictionary`) come from their layer, and are no other module's previous one."""
+    if layer in model.dictionaries:
+        return model.dictionaries[layer].layer
+    features = {model.resolve(name) for name in model.dictionaries}
     path = model.resolve(layer)
     if split_call(model.site(layer))[1] is not None:
         raise FeatvisError(f"layer '{layer}' is one call of a module that runs several times, so no module comes just "
                            "before it; name the source layer explicitly")
     while path:
         parent, _, name = path.rpartition(".")
-        siblings = [n for n, _ in model.net.get_submodule(parent).named_children()]
+        siblings = [n for n, _ in model.net.get_submodule(parent).named_children()
+                    if (f"{parent}.{n}" if parent else n) not in features or n == name]
         position = siblings.index(name)
         if position > 0:
             return f"{parent}.{siblings[position - 1]}" if parent else siblings[position - 1]

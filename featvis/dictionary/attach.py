@@ -22,6 +22,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .._util.errors import FeatvisError
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint, split_call
@@ -58,8 +59,9 @@ def attach_dictionary(model: nn.Module, dictionary: Dictionary | str | os.PathLi
     if key in dict(net.named_children()):
         raise FeatvisError(f"{fmodel.name} has a module named {key} already; cannot attach the dictionary's layer there")
     _insert_after(net, key, layer, path.split(".")[0])
+    target = net.get_submodule(path)
+    layer.hook = target.register_forward_hook(layer.feed)
     net.register_forward_pre_hook(layer.reset)
-    net.get_submodule(path).register_forward_hook(layer.feed)
     aliases = dict(fmodel.aliases)
     if key != name:
         aliases[name] = key
@@ -100,14 +102,22 @@ def _insert_after(net: nn.Module, key: str, layer: nn.Module, after: str) -> Non
 
 class AttachedFeatures(FeatureLayer):
     """A `FeatureLayer` fed by forward hooks on ``net`` (`feed` on the layer's module, `reset` on ``net``): its
-    hooks are its own bound methods, so a deep copy of the model (float64 circuits, serve) copies them with it."""
+    hooks are its own bound methods, so a deep copy of the model (float64 circuits, serve) copies them with it.
+
+    `feed` must see the layer's output as every other hook leaves it (an impulse injected there, a value a
+    probe swaps in, the receptive-field tracer's marks), so at the start of every forward pass `reset` moves
+    it behind the hooks registered since."""
 
     def __init__(self, dictionary: Dictionary, call: int | None):
         super().__init__(dictionary)
         self.call, self.calls = call, 0
+        self.hook: RemovableHandle | None = None
 
     def reset(self, module: nn.Module, inputs) -> None:
         self.calls = 0
+        hooks = self.hook.hooks_dict_ref() if self.hook is not None else None
+        if hooks is not None and self.hook.id in hooks:
+            hooks.move_to_end(self.hook.id)
 
     def feed(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
         """Run on the layer's output (of call ``#k``); where a hook changed the features, pass the change on."""

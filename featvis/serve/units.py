@@ -87,9 +87,10 @@ class ModelInfo:
         self._next: dict[str, str] = {}
         # a layer's pre-activation, for its negatives: found now, in one pass, before the render queue owns the model
         self._pre = pre_activations(model, [row.name for row in self.rows if row.has_channels and "/" not in row.name])
+        features = tuple(model.resolve(name) for name in model.dictionaries)  # side branches: nobody's input
         for row in self.rows:
             before = self.source_of(row.name)
-            if before is not None:
+            if before is not None and not any(row.path == f or row.path.startswith(f + ".") for f in features):
                 self._next.setdefault(self._by_name[before].name, row.name)
 
     # --- lookups ----------------------------------------------------------------------------
@@ -152,17 +153,27 @@ class ModelInfo:
         return found.name if found is not None and found.has_channels else None
 
     def target_of(self, name: str) -> str | None:
-        """The layer whose inputs come from this one (the inverse of ``source_of``)."""
+        """The layer whose inputs come from this one (the inverse of ``source_of``); for a dictionary's features,
+        the one their layer feeds (a feature adds its direction to that layer)."""
+        if name in self.model.dictionaries:
+            return self.target_of(self.model.dictionaries[name].layer)
         return self._next.get(self._by_name[name].name) if name in self._by_name else None
 
     def neighbours(self, row: Row) -> tuple[str | None, str | None]:
         """The layers with channels just before and after ``row``: for a block (``mixed4a``) the blocks
-        around it (``mixed3b``, ``mixed4b``), for a layer inside a block its siblings there."""
+        around it (``mixed3b``, ``mixed4b``), for a layer inside a block its siblings there. A dictionary's
+        features (``mixed4c_features``) sit beside their layer: before them is that layer, after them what
+        follows it; the network's own layers keep their neighbours."""
+        features = self.model.dictionaries
+        if row.name in features:
+            layer = self._by_name.get(features[row.name].layer)
+            return (layer.name, self.neighbours(layer)[1]) if layer is not None else (None, None)
         block = self._block_of.get(row.name)
         if block == row.name or block is None:
             order = self.stages
         else:
             order = [r.name for r in self.blocks[block] if r.has_channels]
+        order = [name for name in order if name not in features]
         if row.name not in order:
             return None, None
         at = order.index(row.name)

@@ -118,6 +118,18 @@ def test_attached_layer_is_the_encoding_and_leaves_the_model_alone(planted):
     grad_a, = torch.autograd.grad(original[:, 3].sum(), x)
     grad_b, = torch.autograd.grad(attached(x)[:, 3].sum(), x)
     assert torch.equal(grad_a, grad_b)
+    # a second dictionary, of another layer, trained on the same model: no warning, both layers
+    directions = F.normalize(torch.randn(40, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    other = Dictionary("relu", directions.clone(), torch.zeros(40), directions, torch.zeros(32), k=3,
+                       info={"fingerprint": dictionary.info["fingerprint"]})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        both = attach_dictionary(attached, other)
+    acts = featvis.capture(both, x, ["relu", "relu_features", "mix", "mix_features"])
+    assert torch.allclose(acts["relu_features"], _by_hand(other, acts["relu"]), atol=1e-5)
+    assert torch.allclose(acts["mix_features"], _by_hand(dictionary, acts["mix"]), atol=1e-5)
 
 
 def test_examples_of_a_feature_are_the_photos_carrying_its_pattern(planted, tmp_path):

@@ -47,7 +47,8 @@ def attach_dictionary(model: nn.Module, dictionary: Dictionary | str | os.PathLi
     if name in fmodel.dictionaries:
         raise FeatvisError(f"a dictionary of {dictionary.layer} is attached already; attach one per layer")
     site = fmodel.site(dictionary.layer)  # an unknown or concat layer is refused here
-    _check_fits(fmodel, dictionary, site)
+    fingerprint = base_fingerprint(fmodel)
+    _check_fits(fmodel, dictionary, site, fingerprint)
     tensors = list(itertools.chain(fmodel.net.parameters(), fmodel.net.buffers()))
     try:
         net = copy.deepcopy(fmodel.net, {id(t): t for t in tensors})  # the modules copied, the tensors shared
@@ -72,10 +73,17 @@ def attach_dictionary(model: nn.Module, dictionary: Dictionary | str | os.PathLi
                             grayscale=fmodel.grayscale).to(fmodel.mean.device)
     attached.dictionaries = {**fmodel.dictionaries, name: dictionary}
     attached.training = fmodel.training  # the wrapper's own flag; every module of the copy keeps its mode
+    attached.base_fingerprint = fingerprint
     return attached
 
 
-def _check_fits(model: FeatvisModel, dictionary: Dictionary, site: str) -> None:
+def base_fingerprint(model: FeatvisModel) -> str:
+    """`model_fingerprint` of the user's model, without the dictionaries attached to it (what a dictionary is
+    trained on and checked against)."""
+    return getattr(model, "base_fingerprint", None) or model_fingerprint(model)
+
+
+def _check_fits(model: FeatvisModel, dictionary: Dictionary, site: str, fingerprint: str) -> None:
     from ..core.probe import capture
 
     with torch.no_grad():
@@ -85,7 +93,7 @@ def _check_fits(model: FeatvisModel, dictionary: Dictionary, site: str) -> None:
         raise FeatvisError(f"the dictionary is for {dictionary.channels} channels of {dictionary.layer}, but {site} of "
                            f"{model.name} outputs {tuple(out.shape[1:])}; give the model it was trained on")
     trained_on = dictionary.info.get("fingerprint")
-    if trained_on and trained_on != model_fingerprint(model):
+    if trained_on and trained_on != fingerprint:
         warnings.warn(f"the dictionary of {dictionary.layer} was trained on another {dictionary.info.get('model', 'model')} "
                       f"(other weights or input size) than this {model.name}; its features may mean little here",
                       stacklevel=3)

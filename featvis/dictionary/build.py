@@ -30,6 +30,7 @@ from ..examples.source import check_loader_args, images_digest, list_images
 from ..examples.stream import stream
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
+from .attach import base_fingerprint
 from .metrics import model_loss, reconstruction
 from .sae import MAX_NUMBERS, Dictionary, default_features, default_k
 from .train import TrainSettings, train_nmf, train_topk
@@ -94,7 +95,7 @@ def train_dictionary(
         settings = TrainSettings(features, k, int(steps), int(batch), float(lr), seed)
         tensors = train_topk(x, settings, progress=progress) if method == "topk" else train_nmf(x, settings)
         dictionary = Dictionary(layer, k=k, method=method, **tensors)
-        dictionary.info = {"model": fmodel.name, "fingerprint": model_fingerprint(fmodel), "site": site,
+        dictionary.info = {"model": fmodel.name, "fingerprint": base_fingerprint(fmodel), "site": site,
                            "samples": len(vectors), "held_out": int(heldout_rows.sum()), "images": read, "seed": seed,
                            "steps": settings.steps, "batch": settings.batch, "lr": settings.lr, "processes": world,
                            **reconstruction(dictionary, vectors[heldout_rows], x),

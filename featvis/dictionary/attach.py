@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .._util.errors import FeatvisError
+from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint, split_call
 from .sae import Dictionary, FeatureLayer, load_dictionary
 
@@ -37,10 +38,12 @@ def module_key(layer: str) -> str:
     return layer.replace(".", "_").replace("#", "_")
 
 
+@analysis
 def attach_dictionary(model: nn.Module, dictionary: Dictionary | str | os.PathLike) -> FeatvisModel:
     """``model`` with the layer ``LAYER_features`` of ``dictionary`` (a `Dictionary`, or a folder written by
     `Dictionary.save`), and ``LAYER_features_pre_relu``, the features' pre-activations (where negative
-    pictures are meaningful). A new `FeatvisModel`; ``model`` itself is not changed."""
+    pictures are meaningful). A new `FeatvisModel`, in eval mode (as every analysis runs a model);
+    ``model`` itself is not changed."""
     fmodel = as_model(model)
     dictionary = dictionary if isinstance(dictionary, Dictionary) else load_dictionary(dictionary)
     name = dictionary.name
@@ -72,7 +75,7 @@ def attach_dictionary(model: nn.Module, dictionary: Dictionary | str | os.PathLi
                             aliases=aliases, concats=fmodel.concats, preprocess=fmodel.preprocess,
                             grayscale=fmodel.grayscale).to(fmodel.mean.device)
     attached.dictionaries = {**fmodel.dictionaries, name: dictionary}
-    attached.training = fmodel.training  # the wrapper's own flag; every module of the copy keeps its mode
+    attached.eval()  # copied while the analysis held every module in eval mode: the wrapper too
     attached.base_fingerprint = fingerprint
     return attached
 

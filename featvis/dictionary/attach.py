@@ -86,15 +86,20 @@ def base_fingerprint(model: FeatvisModel) -> str:
     return getattr(model, "base_fingerprint", None) or model_fingerprint(model)
 
 
-def _check_fits(model: FeatvisModel, dictionary: Dictionary, site: str, fingerprint: str) -> None:
+@torch.no_grad()
+def layer_shape(model: FeatvisModel, layer: str) -> tuple[int, ...]:
+    """``layer``'s output shape, without the batch, on a blank image of the model's input size."""
     from ..core.probe import capture
 
-    with torch.no_grad():
-        out = capture(model, torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device),
-                      [dictionary.layer])[dictionary.layer]
-    if out.dim() != 4 or out.shape[1] != dictionary.channels:
+    blank = torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device)
+    return tuple(capture(model, blank, [layer])[layer].shape[1:])
+
+
+def _check_fits(model: FeatvisModel, dictionary: Dictionary, site: str, fingerprint: str) -> None:
+    shape = layer_shape(model, dictionary.layer)
+    if len(shape) != 3 or shape[0] != dictionary.channels:
         raise FeatvisError(f"the dictionary is for {dictionary.channels} channels of {dictionary.layer}, but {site} of "
-                           f"{model.name} outputs {tuple(out.shape[1:])}; give the model it was trained on")
+                           f"{model.name} outputs {shape}; give the model it was trained on")
     trained_on = dictionary.info.get("fingerprint")
     if trained_on and trained_on != fingerprint:
         warnings.warn(f"the dictionary of {dictionary.layer} was trained on another {dictionary.info.get('model', 'model')} "

@@ -24,13 +24,13 @@ from torch import nn
 from .._util.errors import FeatvisError
 from .._util.fileio import ensure_writable_dir
 from ..core.plan import shard_from_env
-from ..core.probe import Probe, capture
+from ..core.probe import Probe
 from ..examples.sample import PositionSampler
 from ..examples.source import check_loader_args, images_digest, list_images
 from ..examples.stream import stream
 from ..models.modes import analysis
 from ..models.wrapper import FeatvisModel, as_model, model_fingerprint
-from .attach import base_fingerprint
+from .attach import base_fingerprint, layer_shape
 from .metrics import model_loss, reconstruction
 from .sae import MAX_NUMBERS, Dictionary, default_features, default_k
 from .train import TrainSettings, train_nmf, train_topk
@@ -136,12 +136,11 @@ def _paths(images) -> list[str]:
 
 
 def _channels(model: FeatvisModel, layer: str) -> int:
-    with torch.no_grad():
-        out = capture(model, torch.zeros(1, 3, model.input_size, model.input_size, device=model.mean.device), [layer])[layer]
-    if out.dim() != 4:
-        raise FeatvisError(f"layer '{layer}' outputs shape {list(out.shape[1:])}, without channels at positions; a "
+    shape = layer_shape(model, layer)
+    if len(shape) != 3:
+        raise FeatvisError(f"layer '{layer}' outputs shape {list(shape)}, without channels at positions; a "
                            "dictionary needs a convolutional layer [C, H, W] (`featvis layers` shows the shapes)")
-    return out.shape[1]
+    return shape[0]
 
 
 def _check_sizes(features: int, k: int, samples: int, channels: int, method: str, steps: int, batch: int, lr: float) -> None:

@@ -124,16 +124,21 @@ def loads_of(model: FeatvisModel, layer: str, channel: int) -> dict | None:
         return None
     for name, dictionary in model.dictionaries.items():
         if layer == name:
-            weights = dictionary.decoder[channel]
-            neurons = [int(c) for c in weights.abs().argsort(descending=True) if dictionary.loads()[channel, c]]
+            weights, loads = dictionary.decoder[channel], dictionary.loads()[channel]
+            neurons = _strongest(weights, loads)
             return {"layer": dictionary.layer, "neurons": neurons, "weights": [float(weights[c]) for c in neurons]}
         if model.site(layer) == model.site(dictionary.layer):
             if channel >= dictionary.channels:
                 raise FeatvisError(f"channel {channel} is out of range for {layer} ({dictionary.channels} channels)")
             loads = dictionary.loads()[:, channel]
-            order = dictionary.decoder[:, channel].abs().argsort(descending=True)
-            return {"layer": name, "features": [int(f) for f in order if loads[f]], "polysemanticity": int(loads.sum())}
+            return {"layer": name, "features": _strongest(dictionary.decoder[:, channel], loads),
+                    "polysemanticity": int(loads.sum())}
     return None
+
+
+def _strongest(weights: torch.Tensor, loads: torch.Tensor) -> list[int]:
+    """The indices where ``loads`` holds, by the size of ``weights`` there, largest first."""
+    return [int(i) for i in weights.abs().argsort(descending=True) if loads[i]]
 
 
 __all__ = ["Description", "class_scores", "describe", "loads_of", "predictions", "seen_as"]

@@ -29,7 +29,7 @@ from ..core.images import load_image, save_image
 from ..core.plan import Layer, Unit, parse_channels, parse_layers, plan_units, resolve_layers, shard_from_env, shard_units, slug
 from ..core.probe import capture
 from ..examples import ExamplesResult, photo_examples
-from ..explain.describe import Description, class_scores, loads_of, seen_as
+from ..explain.describe import Description, class_scores, loads_of, predictions, seen_as
 from ..explain.promotes import first_photos, promoted_classes
 from ..inspect.filters import filter_images
 from ..models.modes import analysis
@@ -299,14 +299,18 @@ class GalleryJob:
 
 @dataclass
 class Descriptions:
-    """What the channel pages' descriptions are made from: the model and the first photos of the collection."""
+    """What the channel pages' descriptions are made from: the model, the first photos of the collection, and
+    the class of every photo classified so far (channels share top photos: each is classified once)."""
 
     model: FeatvisModel
     photos: list[torch.Tensor] | None
+    predicted: dict[str, int] = field(default_factory=dict)
 
     def of(self, layer: str, channel: int, paths: Sequence[str]) -> Description:
+        self.predicted.update(predictions(self.model, [p for p in paths if p not in self.predicted]))
         return Description(f"{layer}:{channel}", promoted_classes(self.model, layer, channel, self.photos),
-                           seen_as(self.model, paths) if paths else [], len(paths), loads_of(self.model, layer, channel))
+                           seen_as(self.model, paths, self.predicted) if paths else [], len(paths),
+                           loads_of(self.model, layer, channel))
 
 
 @torch.no_grad()
